@@ -1,0 +1,71 @@
+"""Who may come in: signature checks for webhooks and stream handshakes, and development mode.
+
+One place decides, so the webhook and the stream refuse for the same reasons and log the same
+way: the status, a stable reason code, and the URL that was checked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from twisted.logger import Logger
+
+from voicebridge.publicurl import is_loopback
+from voicebridge.signatures import SignatureChecker, stream_candidates
+
+log = Logger(namespace="voicebridge.admission")
+
+
+@dataclass(frozen=True)
+class Refusal:
+    status: int
+    reason: str
+    message: str
+
+
+class Admission:
+    def __init__(self, settings):
+        self.settings = settings
+        self.checker = SignatureChecker(settings.auth_token) if settings.auth_token else None
+
+    @property
+    def enforcing(self) -> bool:
+        return self.checker is not None
+
+    def _development(self, peer: str) -> Refusal | None:
+        if is_loopback(peer):
+            return None
+        return Refusal(
+            403,
+            "development-mode",
+            "development mode (no TWILIO_AUTH_TOKEN): only loopback clients are served; "
+            "set TWILIO_AUTH_TOKEN or --auth-token-file to accept Twilio",
+        )
+
+    def webhook(self, peer: str, url: str, form_pairs, signature: str | None, settings_header: str | None) -> Refusal | None:
+        if self.checker is None:
+            return self._development(peer)
+        if not signature:
+            return Refusal(403, "signature-missing", f"no X-Twilio-Signature header (checked url {url})")
+        if not self.checker.valid_webhook(url, form_pairs, signature, settings_header):
+            return Refusal(
+                403,
+                "signature-invalid",
+                f"X-Twilio-Signature does not match url {url} with {len(form_pairs)} form parameters; "
+                "is --public-url the URL configured in Twilio?",
+            )
+        return None
+
+    def stream(self, peer: str, stream_url: str, query: str, signature: str | None) -> Refusal | None:
+        if self.checker is None:
+            return self._development(peer)
+        candidates = stream_candidates(stream_url, query)
+        if not signature:
+            return Refusal(403, "signature-missing", f"no X-Twilio-Signature header (would check {candidates[0]})")
+        if self.checker.valid_stream(candidates, signature) is None:
+            return Refusal(
+                403,
+                "signature-invalid",
+                f"X-Twilio-Signature matches none of {', '.join(candidates)}; is --public-url the URL configured in Twilio?",
+            )
+        return None

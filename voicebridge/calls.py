@@ -1,0 +1,365 @@
+"""Calls: one ``Call`` per media stream, and the registry of the calls this process carries.
+
+The WebSocket protocol only parses frames and hands them here; everything a call *means*
+(state, context, handler, counters, what gets logged) lives in these plain objects, which
+test with a fake link and a fake clock.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from voicebridge import handlers as handler_registry
+from voicebridge import messages
+from voicebridge.logs import mask_parameters, printable
+
+HANDSHAKE = "handshake"
+STARTED = "started"
+STOPPED = "stopped"
+
+# WebSocket close codes voicebridge uses.
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL_ERROR = 1011
+
+log = Logger(namespace="voicebridge.call")
+
+
+class Call:
+    """One media stream from Twilio: handshake -> started -> stopped.
+
+    ``link`` is the transport side (the WebSocket protocol): ``send_text(bytes)`` and
+    ``close(code, reason)``.
+    """
+
+    def __init__(self, registry: CallRegistry, link, client: str, query: dict[str, str], conn: int):
+        self.registry = registry
+        self.link = link
+        self.client = client
+        self.conn = conn
+        self.query = query
+        self.state = HANDSHAKE
+        self.stream_sid: str | None = None
+        self.call_sid: str | None = None
+        self.account_sid: str | None = None
+        self.parameters: dict[str, str] = {}
+        self.tenant = None
+        self.handler = None
+        self.handler_name: str | None = None
+        clock = registry.clock
+        self.opened_at = clock.seconds()
+        self.started_at: float | None = None
+        self.ended_at: float | None = None
+        self.frames_in = self.frames_out = 0
+        self.bytes_in = self.bytes_out = 0
+        self.dtmf_in = self.marks_in = self.marks_out = 0
+        self.errors: Counter = Counter()
+        self.end_reason: str | None = None
+        self.close_code: int | None = None
+        self.finished = defer.Deferred()
+        self._stop_done: defer.Deferred | None = None
+        self._dispatch = {
+            messages.Media: self._on_media,
+            messages.Connected: self._on_connected,
+            messages.Start: self._on_start,
+            messages.Dtmf: self._on_dtmf,
+            messages.Mark: self._on_mark,
+            messages.Stop: self._on_stop,
+            messages.Unknown: self._on_unknown,
+        }
+
+    # What log lines about this call carry.
+    @property
+    def ids(self) -> dict:
+        return {"callSid": self.call_sid or "-", "conn": self.conn}
+
+    def __repr__(self):
+        return f"<Call conn={self.conn} callSid={self.call_sid} state={self.state}>"
+
+    # Events from the link.
+
+    def opened(self) -> None:
+        log.info(
+            "stream handshake accepted conn={conn} client={client}",
+            event_name="handshake.accepted",
+            client=self.client,
+            **self.ids,
+        )
+        if self.query:
+            log.warn(
+                "stream url carried a query string {query}: Twilio refuses stream urls with one "
+                "(error 31920); its values are merged into the call's parameters, use <Parameter>s instead",
+                event_name="stream.query_string",
+                query=printable(str(sorted(self.query))),
+                **self.ids,
+            )
+
+    def text_received(self, data: bytes) -> None:
+        try:
+            message = messages.parse(data)
+        except messages.MessageError as e:
+            self.protocol_error(e.reason, e.detail)
+            return
+        self._dispatch[type(message)](message)
+
+    def binary_received(self, size: int) -> None:
+        """Twilio sends only text frames (a binary frame is its warning 31950)."""
+        self.protocol_error("binary-frame", f"a binary frame of {size} bytes; Media Streams use text frames only")
+        self.link.close(CLOSE_UNSUPPORTED_DATA, "binary frames are not part of Media Streams")
+
+    def connection_lost(self, code: int | None, reason: str | None) -> None:
+        self.close_code = code
+        if self.state != STOPPED:
+            self._end(self.end_reason or "closed")
+        self.ended_at = self.registry.clock.seconds()
+        self.registry.closed(self)
+        duration = self.ended_at - (self.started_at or self.opened_at)
+        log.info(
+            "call ended callSid={callSid} conn={conn} reason={reason} duration={duration:.1f}s "
+            "frames_in={frames_in} frames_out={frames_out} close_code={close_code} errors={error_summary}",
+            event_name="call.ended",
+            reason=self.end_reason,
+            duration=duration,
+            frames_in=self.frames_in,
+            frames_out=self.frames_out,
+            bytes_in=self.bytes_in,
+            bytes_out=self.bytes_out,
+            close_code=code,
+            close_reason=printable(reason),
+            error_summary=dict(self.errors) or "none",
+            **self.ids,
+        )
+        done = self._stop_done or defer.succeed(None)
+        done.addBoth(lambda _: self.finished.callback(self))
+
+    def protocol_error(self, reason: str, detail: str) -> None:
+        """Counted always, logged once per call and reason: a misbehaving peer cannot flood the log."""
+        self.errors[reason] += 1
+        self.registry.protocol_error(self, reason)
+        if self.errors[reason] == 1:
+            log.warn(
+                "protocol error callSid={callSid} conn={conn} reason={reason}: {detail}",
+                event_name="call.protocol_error",
+                reason=reason,
+                detail=printable(detail, 200),
+                **self.ids,
+            )
+
+    # Messages from Twilio.
+
+    def _on_connected(self, message: messages.Connected) -> None:
+        log.debug(
+            "connected protocol={protocol} version={version}", protocol=message.protocol, version=message.version, **self.ids
+        )
+
+    def _on_start(self, message: messages.Start) -> None:
+        if self.state != HANDSHAKE:
+            self.protocol_error("duplicate-start", f"start for {message.stream_sid} while {self.state}")
+            return
+        self.state = STARTED
+        self.started_at = self.registry.clock.seconds()
+        self.stream_sid = message.stream_sid
+        self.call_sid = message.call_sid
+        self.account_sid = message.account_sid
+        self.parameters = {**self.query, **message.custom_parameters}
+        try:
+            self.tenant, self.handler_name, handler_cls, options = self.registry.route(self.parameters)
+            self.handler = handler_cls(self, options)
+        except Exception as e:
+            self.handler = None
+            log.failure("no handler for callSid={callSid}: {error}", error=str(e), **self.ids)
+            self.end_reason = "error"
+            self.link.close(CLOSE_INTERNAL_ERROR, "no handler for this call")
+            return
+        self.registry.started(self)
+        log.info(
+            "call started callSid={callSid} streamSid={streamSid} tenant={tenant} handler={handler} "
+            "tracks={tracks} format={media_format} parameters={parameters}",
+            event_name="call.started",
+            streamSid=self.stream_sid,
+            tenant=self.tenant.id if self.tenant else "-",
+            handler=self.handler_name,
+            tracks=",".join(message.tracks),
+            media_format=message.media_format,
+            parameters=mask_parameters(self.parameters, self.registry.show_numbers),
+            **self.ids,
+        )
+        self._handler("on_start", message)
+
+    def _check_stream(self, message, event: str) -> bool:
+        if self.state != STARTED:
+            self.protocol_error(
+                f"{event}-{'before-start' if self.state == HANDSHAKE else 'after-stop'}", f"{event} while {self.state}"
+            )
+            return False
+        if message.stream_sid != self.stream_sid:
+            self.protocol_error(
+                "foreign-stream-sid", f"{event} for streamSid {message.stream_sid!r:.40}, this stream is {self.stream_sid}"
+            )
+            return False
+        return True
+
+    def _on_media(self, message: messages.Media) -> None:
+        if self.state != STARTED or message.stream_sid != self.stream_sid:
+            self._check_stream(message, "media")
+            return
+        self.frames_in += 1
+        self.bytes_in += len(message.payload)
+        try:
+            self.handler.on_media(message.payload, message.timestamp)
+        except Exception:
+            self._handler_failed("on_media")
+
+    def _on_dtmf(self, message: messages.Dtmf) -> None:
+        if self._check_stream(message, "dtmf"):
+            self.dtmf_in += 1
+            log.info(
+                "dtmf callSid={callSid} digit={digit}", event_name="call.dtmf", digit=printable(message.digit, 4), **self.ids
+            )
+            self._handler("on_dtmf", message.digit)
+
+    def _on_mark(self, message: messages.Mark) -> None:
+        if self._check_stream(message, "mark"):
+            self.marks_in += 1
+            self._handler("on_mark", message.name)
+
+    def _on_stop(self, message: messages.Stop) -> None:
+        if self._check_stream(message, "stop"):
+            self._end("stop")
+            self._stop_done.addBoth(lambda _: self.link.close(CLOSE_NORMAL, "stream stopped"))
+
+    def _on_unknown(self, message: messages.Unknown) -> None:
+        # Twilio adds events over time: note it, ignore it.
+        self.protocol_error("unknown-event", f"event {message.event!r} is not known to this version; ignored")
+
+    # What handlers call.
+
+    def send_audio(self, audio: bytes) -> None:
+        if self.state != STARTED:
+            return
+        self.frames_out += 1
+        self.bytes_out += len(audio)
+        self.link.send_text(messages.media(self.stream_sid, audio))
+
+    def send_mark(self, name: str) -> None:
+        if self.state == STARTED:
+            self.marks_out += 1
+            self.link.send_text(messages.mark(self.stream_sid, name))
+
+    def clear(self) -> None:
+        if self.state == STARTED:
+            self.link.send_text(messages.clear(self.stream_sid))
+
+    def hangup(self, reason: str = "hangup", code: int = CLOSE_NORMAL) -> None:
+        """End the call: closing the stream makes Twilio leave <Connect> and, with nothing after it, hang up."""
+        if self.end_reason is None:
+            self.end_reason = reason
+        self.link.close(code, reason)
+
+    # Internals.
+
+    def _end(self, reason: str) -> None:
+        if self.end_reason is None:
+            self.end_reason = reason
+        was_started = self.state == STARTED
+        self.state = STOPPED
+        if was_started and self.handler is not None:
+            self._stop_done = defer.maybeDeferred(self.handler.on_stop, self.end_reason)
+            self._stop_done.addErrback(
+                lambda f: log.failure(
+                    "handler {handler} failed to stop callSid={callSid}", f, handler=self.handler_name, **self.ids
+                )
+            )
+        else:
+            self._stop_done = defer.succeed(None)
+
+    def _handler(self, method: str, *args) -> None:
+        try:
+            getattr(self.handler, method)(*args)
+        except Exception:
+            self._handler_failed(method)
+
+    def _handler_failed(self, method: str) -> None:
+        self.errors["handler-error"] += 1
+        log.failure(
+            "handler {handler}.{method} failed callSid={callSid}; hanging up",
+            handler=self.handler_name,
+            method=method,
+            **self.ids,
+        )
+        if self.end_reason is None:
+            self.end_reason = "error"
+        self.link.close(CLOSE_INTERNAL_ERROR, "handler error")
+
+
+def resolve_handlers(settings) -> dict:
+    """Load and check every handler the configuration names, so a mistake stops start-up, not a call.
+
+    Returns {tenant id or None: (handler name, class, options)}; raises ValueError or UnknownHandler.
+    Options merge, later winning: the config's [handlers.NAME], flags, the tenant's handler_options.
+    """
+    config = settings.config
+    tenants = [None, *config.tenants.values()]
+    if config.default_tenant is not None:
+        tenants.append(config.default_tenant)
+    resolved = {}
+    for tenant in tenants:
+        name = (tenant.handler if tenant is not None else None) or settings.handler
+        cls = handler_registry.load(name)
+        options = {
+            **config.handlers.get(name, {}),
+            **settings.handler_options.get(name, {}),
+            **(tenant.handler_options if tenant is not None else {}),
+        }
+        try:
+            options = cls.check_options(options)
+        except ValueError as e:
+            where = f"tenant {tenant.id}" if tenant is not None else "calls without a tenant"
+            raise ValueError(f"handler {name!r} for {where}: {e}") from None
+        resolved[tenant.id if tenant is not None else None] = (name, cls, options)
+    return resolved
+
+
+class CallRegistry:
+    """The calls this process carries, and how a call finds its tenant and handler."""
+
+    def __init__(self, settings, clock):
+        self.settings = settings
+        self.clock = clock
+        self.config = settings.config
+        self.show_numbers = settings.show_numbers
+        self.calls: set[Call] = set()
+        self.draining = False
+        self._conns = itertools.count(1)
+        self._handlers = resolve_handlers(settings)
+
+    def route(self, parameters: dict) -> tuple:
+        """(tenant, handler name, handler class, options) for a call with these parameters."""
+        tenant = self.config.tenant_for(parameters.get("businessId"), parameters.get("to"))
+        name, cls, options = self._handlers[tenant.id if tenant is not None else None]
+        return tenant, name, cls, options
+
+    def new_call(self, link, client: str, query: dict[str, str]) -> Call:
+        call = Call(self, link, client, query, next(self._conns))
+        self.calls.add(call)
+        return call
+
+    def started(self, call: Call) -> None:
+        pass
+
+    def closed(self, call: Call) -> None:
+        self.calls.discard(call)
+
+    def protocol_error(self, call: Call, reason: str) -> None:
+        pass
+
+    @property
+    def active(self) -> int:
+        return len(self.calls)

@@ -1,0 +1,337 @@
+"""Twilio Media Streams messages: parsing what Twilio sends, building what either side sends.
+
+Pure functions and plain values, no I/O: the wire format is tested without a reactor, and the
+daemon, the probe, the load tester and the tests all share one description of it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass, field
+
+import orjson
+
+
+class MessageError(ValueError):
+    """A text frame that breaks the Media Streams protocol.
+
+    ``reason`` is a short stable code (used in logs and metrics); ``detail`` says what was wrong.
+    """
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    protocol: str
+    version: str
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    stream_sid: str
+    call_sid: str
+    account_sid: str
+    tracks: tuple[str, ...]
+    custom_parameters: dict[str, str]
+    media_format: dict
+    sequence_number: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Media:
+    stream_sid: str
+    payload: bytes
+    timestamp: int
+    track: str = "inbound"
+    chunk: int | None = None
+    sequence_number: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Dtmf:
+    stream_sid: str
+    digit: str
+    track: str = "inbound_track"
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    stream_sid: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    stream_sid: str
+    call_sid: str | None = None
+    account_sid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Clear:
+    """Sent by the application only: flush the audio Twilio has buffered."""
+
+    stream_sid: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    """An event this version does not know; Twilio adds events, so it is not an error."""
+
+    event: str
+    raw: dict = field(repr=False)
+
+
+def _text(obj: dict, key: str, where: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str) or not value:
+        raise MessageError("missing-field", f"{where}.{key} must be a non-empty string")
+    return value
+
+
+def _section(obj: dict, key: str) -> dict:
+    value = obj.get(key)
+    if not isinstance(value, dict):
+        raise MessageError("missing-field", f"{key} must be an object")
+    return value
+
+
+def _number(value, where: str, default=None) -> int | None:
+    """Twilio sends counters as decimal strings ("5"); accept integers too."""
+    if value is None:
+        return default
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18:
+        return int(value)
+    raise MessageError("bad-field", f"{where} must be a non-negative integer, got {value!r:.40}")
+
+
+def _stream_sid(obj: dict, event: str) -> str:
+    return _text(obj, "streamSid", event)
+
+
+def _parse_connected(obj):
+    return Connected(protocol=str(obj.get("protocol", "")), version=str(obj.get("version", "")))
+
+
+def _parse_start(obj):
+    start = _section(obj, "start")
+    sid = obj.get("streamSid") or start.get("streamSid")
+    if not isinstance(sid, str) or not sid:
+        raise MessageError("missing-field", "start.streamSid must be a non-empty string")
+    params = start.get("customParameters") or {}
+    if not isinstance(params, dict):
+        raise MessageError("bad-field", "start.customParameters must be an object")
+    tracks = start.get("tracks") or ["inbound"]
+    if not isinstance(tracks, list) or not all(isinstance(t, str) for t in tracks):
+        raise MessageError("bad-field", "start.tracks must be a list of strings")
+    media_format = start.get("mediaFormat") or {}
+    if not isinstance(media_format, dict):
+        raise MessageError("bad-field", "start.mediaFormat must be an object")
+    return Start(
+        stream_sid=sid,
+        call_sid=_text(start, "callSid", "start"),
+        account_sid=str(start.get("accountSid") or ""),
+        tracks=tuple(tracks),
+        custom_parameters={str(k): str(v) for k, v in params.items()},
+        media_format=media_format,
+        sequence_number=_number(obj.get("sequenceNumber"), "sequenceNumber"),
+    )
+
+
+def _parse_media(obj):
+    media = _section(obj, "media")
+    payload = media.get("payload")
+    if not isinstance(payload, str):
+        raise MessageError("missing-field", "media.payload must be a string")
+    try:
+        audio = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise MessageError("bad-base64", f"media.payload is not base64 ({len(payload)} chars)") from None
+    return Media(
+        stream_sid=_stream_sid(obj, "media"),
+        payload=audio,
+        timestamp=_number(media.get("timestamp"), "media.timestamp", 0),
+        track=str(media.get("track") or "inbound"),
+        chunk=_number(media.get("chunk"), "media.chunk"),
+        sequence_number=_number(obj.get("sequenceNumber"), "sequenceNumber"),
+    )
+
+
+def _parse_dtmf(obj):
+    dtmf = _section(obj, "dtmf")
+    return Dtmf(
+        stream_sid=_stream_sid(obj, "dtmf"),
+        digit=_text(dtmf, "digit", "dtmf"),
+        track=str(dtmf.get("track") or "inbound_track"),
+    )
+
+
+def _parse_mark(obj):
+    mark = _section(obj, "mark")
+    name = mark.get("name")
+    if not isinstance(name, str):
+        raise MessageError("missing-field", "mark.name must be a string")
+    return Mark(stream_sid=_stream_sid(obj, "mark"), name=name)
+
+
+def _parse_stop(obj):
+    stop = obj.get("stop") if isinstance(obj.get("stop"), dict) else {}
+    return Stop(
+        stream_sid=_stream_sid(obj, "stop"),
+        call_sid=stop.get("callSid") if isinstance(stop.get("callSid"), str) else None,
+        account_sid=stop.get("accountSid") if isinstance(stop.get("accountSid"), str) else None,
+    )
+
+
+_PARSERS = {
+    "connected": _parse_connected,
+    "start": _parse_start,
+    "media": _parse_media,
+    "dtmf": _parse_dtmf,
+    "mark": _parse_mark,
+    "stop": _parse_stop,
+}
+
+
+def parse(data: bytes | str):
+    """Parse one text frame from Twilio into a message value, or raise MessageError."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise MessageError("invalid-json", str(e)[:120]) from None
+    if not isinstance(obj, dict):
+        raise MessageError("not-object", f"expected a JSON object, got {type(obj).__name__}")
+    event = obj.get("event")
+    if not isinstance(event, str) or not event:
+        raise MessageError("missing-event", "the object has no string 'event'")
+    parser = _PARSERS.get(event)
+    if parser is None:
+        return Unknown(event=event[:64], raw=obj)
+    return parser(obj)
+
+
+# What the application sends to Twilio.
+
+
+def media(stream_sid: str, audio: bytes) -> bytes:
+    """A ``media`` message carrying raw mu-law audio (base64-encoded here)."""
+    return orjson.dumps(
+        {"event": "media", "streamSid": stream_sid, "media": {"payload": base64.b64encode(audio).decode("ascii")}}
+    )
+
+
+def mark(stream_sid: str, name: str) -> bytes:
+    return orjson.dumps({"event": "mark", "streamSid": stream_sid, "mark": {"name": name}})
+
+
+def clear(stream_sid: str) -> bytes:
+    return orjson.dumps({"event": "clear", "streamSid": stream_sid})
+
+
+def parse_outbound(data: bytes | str):
+    """Parse what an application sent to Twilio (used by Twilio's side: probe, load tester, tests)."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise MessageError("invalid-json", str(e)[:120]) from None
+    if not isinstance(obj, dict):
+        raise MessageError("not-object", f"expected a JSON object, got {type(obj).__name__}")
+    event = obj.get("event")
+    if event == "media":
+        payload = _section(obj, "media").get("payload")
+        if not isinstance(payload, str):
+            raise MessageError("missing-field", "media.payload must be a string")
+        try:
+            audio = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            raise MessageError("bad-base64", "media.payload is not base64") from None
+        return Media(stream_sid=_stream_sid(obj, "media"), payload=audio, timestamp=0, track="outbound")
+    if event == "mark":
+        return _parse_mark(obj)
+    if event == "clear":
+        return Clear(stream_sid=_stream_sid(obj, "clear"))
+    if not isinstance(event, str) or not event:
+        raise MessageError("missing-event", "the object has no string 'event'")
+    return Unknown(event=event[:64], raw=obj)
+
+
+# What Twilio sends, for code that plays Twilio.
+
+
+def twilio_connected() -> bytes:
+    return orjson.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+
+
+def twilio_start(
+    stream_sid: str,
+    call_sid: str,
+    account_sid: str,
+    custom_parameters: dict[str, str] | None = None,
+    sequence_number: int = 1,
+) -> bytes:
+    return orjson.dumps(
+        {
+            "event": "start",
+            "sequenceNumber": str(sequence_number),
+            "streamSid": stream_sid,
+            "start": {
+                "accountSid": account_sid,
+                "streamSid": stream_sid,
+                "callSid": call_sid,
+                "tracks": ["inbound"],
+                "customParameters": dict(custom_parameters or {}),
+                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+            },
+        }
+    )
+
+
+def twilio_media(stream_sid: str, audio: bytes, chunk: int, timestamp: int, sequence_number: int) -> bytes:
+    return orjson.dumps(
+        {
+            "event": "media",
+            "sequenceNumber": str(sequence_number),
+            "streamSid": stream_sid,
+            "media": {
+                "track": "inbound",
+                "chunk": str(chunk),
+                "timestamp": str(timestamp),
+                "payload": base64.b64encode(audio).decode("ascii"),
+            },
+        }
+    )
+
+
+def twilio_dtmf(stream_sid: str, digit: str, sequence_number: int) -> bytes:
+    return orjson.dumps(
+        {
+            "event": "dtmf",
+            "streamSid": stream_sid,
+            "sequenceNumber": str(sequence_number),
+            "dtmf": {"track": "inbound_track", "digit": digit},
+        }
+    )
+
+
+def twilio_mark(stream_sid: str, name: str, sequence_number: int) -> bytes:
+    return orjson.dumps(
+        {"event": "mark", "sequenceNumber": str(sequence_number), "streamSid": stream_sid, "mark": {"name": name}}
+    )
+
+
+def twilio_stop(stream_sid: str, call_sid: str, account_sid: str, sequence_number: int) -> bytes:
+    return orjson.dumps(
+        {
+            "event": "stop",
+            "sequenceNumber": str(sequence_number),
+            "streamSid": stream_sid,
+            "stop": {"accountSid": account_sid, "callSid": call_sid},
+        }
+    )

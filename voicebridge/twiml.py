@@ -1,0 +1,81 @@
+"""TwiML answers for the voice webhook, built with Twilio's own library.
+
+Pure: no request, no I/O. Twilio's limits are enforced here so a bad value never reaches a call.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from twilio.twiml.voice_response import VoiceResponse
+
+# Twilio: each <Parameter> name and value must stay under 500 characters.
+MAX_PARAMETER_LENGTH = 499
+
+
+class StreamURLError(ValueError):
+    """A stream URL Twilio would refuse; the message names the Twilio error a call would show."""
+
+
+def check_stream_url(url: str) -> list[str]:
+    """Return warnings for a stream URL that works only for local development; raise for one Twilio rejects."""
+    parts = urlsplit(url)
+    if parts.query or url.endswith("?"):
+        raise StreamURLError(
+            f"stream url {url!r} has a query string; Twilio refuses it (error 31920): pass values as <Parameter>s instead"
+        )
+    if parts.fragment:
+        raise StreamURLError(f"stream url {url!r} has a fragment")
+    if parts.scheme not in ("wss", "ws") or not parts.hostname:
+        raise StreamURLError(f"stream url {url!r} is not a ws(s):// url with a host")
+    if parts.scheme == "ws":
+        return [f"stream url {url} is ws://; Twilio requires wss:// (error 31922): set --public-url https://..."]
+    return []
+
+
+def fit_parameters(parameters: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """Keep the parameters Twilio accepts; say which were dropped and why."""
+    kept, dropped = {}, []
+    for name, value in parameters.items():
+        if value is None:
+            continue
+        name, value = str(name), str(value)
+        if not name or len(name) > MAX_PARAMETER_LENGTH:
+            dropped.append(f"parameter name {name[:40]!r} is empty or over {MAX_PARAMETER_LENGTH} characters")
+        elif len(value) > MAX_PARAMETER_LENGTH:
+            dropped.append(f"parameter {name!r} value is over {MAX_PARAMETER_LENGTH} characters")
+        else:
+            kept[name] = value
+    return kept, dropped
+
+
+def connect_stream(stream_url: str, parameters: dict[str, str]) -> str:
+    """``<Response><Connect><Stream url=..>`` with one ``<Parameter>`` per context value."""
+    check_stream_url(stream_url)
+    response = VoiceResponse()
+    connect = response.connect()
+    stream = connect.stream(url=stream_url)
+    for name, value in parameters.items():
+        stream.parameter(name=name, value=value)
+    return response.to_xml()
+
+
+def busy() -> str:
+    """Tell the caller the line is busy and end the call (Twilio plays a busy tone)."""
+    response = VoiceResponse()
+    response.reject(reason="busy")
+    return response.to_xml()
+
+
+def reject() -> str:
+    """Refuse the call before it is answered (no charge to the caller)."""
+    response = VoiceResponse()
+    response.reject()
+    return response.to_xml()
+
+
+def say_and_hang_up(message: str) -> str:
+    response = VoiceResponse()
+    response.say(message)
+    response.hangup()
+    return response.to_xml()
