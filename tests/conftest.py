@@ -22,3 +22,14 @@ def start_daemon():
     yield start
     for daemon in daemons:
         daemon.stop()
+
+
+@pytest.fixture
+def pki(tmp_path):
+    """A fresh root CA and intermediate for this test (see tests/pki.py)."""
+    from tests.pki import PKI
+
+    return PKI(tmp_path / "pki")
+
+
+from tests.nginx import start_nginx  # noqa: E402,F401  (a fixture, shared by every test module)
