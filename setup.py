@@ -15,6 +15,7 @@ setup(
         "autobahn>=23.1",
         "twilio>=9.0",
         "service-identity>=24.1",
+        "pyOpenSSL>=24.3",
         "orjson>=3.9",
         "prometheus_client>=0.20",
         'audioop-lts>=0.2; python_version>="3.13"',
