@@ -114,7 +114,7 @@ def test_units_are_hardened(unit):
 
 
 @pytest.mark.parametrize("unit", [UNITS["tls"][0], UNITS["socket-activated"][1]], ids=["tls", "socket-activated"])
-def test_unit_runs_the_daemon_as_documented(unit, tmp_path):
+def test_unit_runs_the_daemon_as_documented(unit, tmp_path, pki):
     settings = service_settings(unit)
     assert settings["Type"] == ["notify"]
     assert settings["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
@@ -129,8 +129,14 @@ def test_unit_runs_the_daemon_as_documented(unit, tmp_path):
     credentials = tmp_path / "credentials"
     credentials.mkdir()
     (credentials / "twilio-auth-token").write_text("token-from-systemd\n")
+    # The files the unit names, where it names them (under tmp_path).
+    tls_dir = tmp_path / "tls"
+    tls_dir.mkdir()
+    leaf = pki.leaf()
+    shutil.copy(leaf.key, tls_dir / "privkey.pem")
+    shutil.copy(leaf.fullchain, tls_dir / "fullchain.pem")
     options = Options()
-    options.parseOptions([a.replace("%d", str(credentials)) for a in argv[2:]])
+    options.parseOptions([a.replace("%d", str(credentials)).replace("/etc/voicebridge/tls", str(tls_dir)) for a in argv[2:]])
     assert options["auth_token"] == "token-from-systemd"
     assert settings["LoadCredential"] == ["twilio-auth-token:/etc/voicebridge/twilio-auth-token"]
     drain = options["drain-timeout"]

@@ -56,6 +56,8 @@ class ListenService(Service):
             outcome[0].raiseException()
         self.port = outcome[0] if outcome else None
         self.listening = defer.succeed(self.port) if outcome else self.listening
+        if self.tls is not None and self.port is not None:
+            self.tls.listener = self.address  # reload logs name the bound address
         super().privilegedStartService()
 
     def startService(self):

@@ -37,7 +37,9 @@ class ProcessSignals(Service):
     def startService(self):
         super().startService()
         # twist and twistd start the services before the reactor runs, and the reactor installs its
-        # own handlers as it starts: ours go in after that.
+        # own handlers as it starts: ours go in now (a signal in between is queued for the
+        # reactor, not fatal) and again once it runs.
+        self._install()
         self.reactor.callWhenRunning(self._install)
 
     def _install(self):

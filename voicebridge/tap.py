@@ -102,9 +102,13 @@ class Options(usage.Options):
         for description in self["listen"]:
             if tls.is_ssl(description):
                 try:
-                    tls.parse_ssl(description)
+                    spec = tls.parse_ssl(description)
                 except tls.TLSConfigError as e:
                     raise usage.UsageError(str(e)) from None
+                try:
+                    tls.load_material(spec.private_key, spec.cert_key, spec.extra_chain)  # unusable files stop start-up here
+                except tls.TLSConfigError as e:
+                    raise usage.UsageError(f"--listen {description}: {e}") from None
         if self["max-message-size"] < 1024:
             raise usage.UsageError("--max-message-size must be at least 1024 bytes")
         self["handler_name"] = self["handler"] or self["config_obj"].handler or DEFAULT_HANDLER
