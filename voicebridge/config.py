@@ -193,6 +193,7 @@ class Settings:
     config: Config = field(default_factory=Config)
     max_message_size: int = 64 * 1024
     show_numbers: bool = False
+    drain_timeout: float = 300.0
 
     @property
     def development(self) -> bool:

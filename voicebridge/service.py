@@ -13,7 +13,9 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from voicebridge.calls import CLOSE_GOING_AWAY
+from voicebridge import tls
+from voicebridge.drain import Drain
+from voicebridge.notify import notify
 
 log = Logger(namespace="voicebridge.service")
 
@@ -38,10 +40,15 @@ class ListenService(Service):
         self.reactor = reactor
         self.port = None
         self.listening: defer.Deferred | None = None
+        self.tls: tls.ReloadableTLS | None = None
 
     def privilegedStartService(self):
         # Bind here, before twistd drops privileges, so ports below 1024 work with --uid.
-        endpoint = serverFromString(self.reactor, self.description)
+        if tls.is_ssl(self.description):
+            # Twisted's ssl: parser keeps only the first certificate of certKey: build it here.
+            endpoint, self.tls = tls.server_endpoint(self.reactor, self.description)
+        else:
+            endpoint = serverFromString(self.reactor, self.description)
         self.listening = endpoint.listen(self.factory)
         outcome = []
         self.listening.addBoth(outcome.append)
@@ -49,6 +56,8 @@ class ListenService(Service):
             outcome[0].raiseException()
         self.port = outcome[0] if outcome else None
         self.listening = defer.succeed(self.port) if outcome else self.listening
+        if self.tls is not None and self.port is not None:
+            self.tls.listener = self.address  # reload logs name the bound address
         super().privilegedStartService()
 
     def startService(self):
@@ -71,9 +80,7 @@ class ListenService(Service):
 
 
 class VoiceBridgeService(MultiService):
-    """The daemon: listeners as children; on stop, live calls end before the ports close."""
-
-    shutdown_grace = 5.0
+    """The daemon: listeners as children; on stop, a drain lets live calls end before the ports close."""
 
     def __init__(self, settings, registry, site, admission, urls, reactor):
         super().__init__()
@@ -85,6 +92,7 @@ class VoiceBridgeService(MultiService):
         self.urls = urls
         self.reactor = reactor
         self.listeners = []
+        self.drain = Drain(registry, reactor, settings.drain_timeout)
         for description in settings.listen:
             listener = ListenService(description, site, reactor)
             listener.setServiceParent(self)
@@ -93,6 +101,16 @@ class VoiceBridgeService(MultiService):
     def startService(self):
         super().startService()
         self.banner()
+        notify("READY=1", f"STATUS=listening on {', '.join(listener.address for listener in self.listeners)}")
+
+    def reload(self) -> None:
+        """SIGHUP: load renewed TLS certificates; live connections keep theirs."""
+        secured = [listener for listener in self.listeners if listener.tls is not None]
+        if not secured:
+            log.info("SIGHUP: no ssl: listener, nothing to reload", event_name="service.reload")
+            return
+        results = [listener.tls.reload() for listener in secured]
+        notify(f"STATUS=certificate reload: {sum(results)} of {len(results)} listener(s) reloaded")
 
     def banner(self) -> None:
         settings = self.settings
@@ -126,19 +144,5 @@ class VoiceBridgeService(MultiService):
 
     @defer.inlineCallbacks
     def stopService(self):
-        calls = list(self.registry.calls)
-        if calls:
-            log.info("shutting down: closing {count} live call(s) with 1001", count=len(calls))
-            for call in calls:
-                call.hangup("shutdown", CLOSE_GOING_AWAY)
-            finished = defer.DeferredList([c.finished for c in calls], consumeErrors=True)
-            finished.addTimeout(self.shutdown_grace, self.reactor)
-            try:
-                yield finished
-            except defer.TimeoutError:
-                log.warn(
-                    "shutdown: {count} call(s) did not finish within {grace}s",
-                    count=len(self.registry.calls),
-                    grace=self.shutdown_grace,
-                )
+        yield self.drain.run()
         yield super().stopService()

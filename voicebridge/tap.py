@@ -6,7 +6,7 @@ import os
 
 from twisted.python import usage
 
-from voicebridge import handlers
+from voicebridge import handlers, tls
 from voicebridge.calls import resolve_handlers
 from voicebridge.config import DEFAULT_HANDLER, Config, ConfigError, Secret, Settings, load_config
 from voicebridge.publicurl import PublicURLError, PublicURLs, TrustedProxies, parse_public_url
@@ -49,6 +49,7 @@ class Options(usage.Options):
         ["handler", None, None, f"Handler for calls whose tenant names none (default: {DEFAULT_HANDLER})."],
         ["auth-token-file", None, None, "File holding the Twilio auth token (else TWILIO_AUTH_TOKEN)."],
         ["max-message-size", None, 64 * 1024, "Largest WebSocket message accepted, in bytes (closes with 1009).", int],
+        ["drain-timeout", None, 300.0, "On SIGTERM, seconds live calls may go on before they are closed with 1001.", float],
     ]
     optFlags = [
         ["show-numbers", None, "Log phone numbers in full (masked by default)."],
@@ -96,6 +97,18 @@ class Options(usage.Options):
             self["config_obj"] = load_config(self["config"]) if self["config"] else Config()
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+        if not 0 <= self["drain-timeout"] <= 86400:
+            raise usage.UsageError("--drain-timeout must be between 0 and 86400 seconds")
+        for description in self["listen"]:
+            if tls.is_ssl(description):
+                try:
+                    spec = tls.parse_ssl(description)
+                except tls.TLSConfigError as e:
+                    raise usage.UsageError(str(e)) from None
+                try:
+                    tls.load_material(spec.private_key, spec.cert_key, spec.extra_chain)  # unusable files stop start-up here
+                except tls.TLSConfigError as e:
+                    raise usage.UsageError(f"--listen {description}: {e}") from None
         if self["max-message-size"] < 1024:
             raise usage.UsageError("--max-message-size must be at least 1024 bytes")
         self["handler_name"] = self["handler"] or self["config_obj"].handler or DEFAULT_HANDLER
@@ -114,6 +127,7 @@ class Options(usage.Options):
             config=self["config_obj"],
             max_message_size=self["max-message-size"],
             show_numbers=bool(self["show-numbers"]),
+            drain_timeout=self["drain-timeout"],
         )
 
 
@@ -123,11 +137,14 @@ def makeService(options, reactor=None):
     from voicebridge.admission import Admission
     from voicebridge.calls import CallRegistry
     from voicebridge.service import VoiceBridgeService
+    from voicebridge.signals import ProcessSignals
     from voicebridge.web import build_site
 
     settings = options.settings()
     urls = PublicURLs(settings.public_url, TrustedProxies(settings.trusted_proxies))
     registry = CallRegistry(settings, reactor)
-    admission = Admission(settings)
+    admission = Admission(settings, registry)
     site = build_site(settings, registry, admission, urls)
-    return VoiceBridgeService(settings, registry, site, admission, urls, reactor)
+    service = VoiceBridgeService(settings, registry, site, admission, urls, reactor)
+    ProcessSignals(reactor, service.drain.cut, service.reload).setServiceParent(service)
+    return service

@@ -1,0 +1,178 @@
+"""Draining on SIGTERM: no new calls, live calls untouched until they end or the timeout, then exit 0.
+
+Real ``twist voicebridge`` processes, real signals, Twilio played by the test; and the Drain itself
+on a fake clock for the cases that need minutes.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, threads
+
+from tests.fakes import new_call, registry
+from tests.http import call_form, post_form, request, upgrade_request
+from voicebridge.drain import Drain
+from voicebridge.twiliosim import CallScript, play_call
+
+
+def _in_thread(f, *args, **kwargs):
+    return threads.deferToThread(f, *args, **kwargs)
+
+
+@pytest_twisted.inlineCallbacks
+def test_sigterm_drains_a_live_call_then_exits_0(start_daemon):
+    from twisted.internet import reactor
+
+    daemon = start_daemon("--drain-timeout", "60")
+    assert request(daemon.port, "GET", "/readyz")[0] == 200
+    call = play_call(reactor, daemon.url("/twilio-media", "ws"), CallScript(frames=150))
+    yield daemon.wait_for_async(reactor, lambda e: e.get("event_name") == "call.started")
+
+    daemon.signal(signal.SIGTERM)
+    draining = yield daemon.wait_for_async(reactor, lambda e: e.get("event_name") == "service.draining")
+    assert draining["count"] == 1 and draining["timeout"] == 60
+
+    # The ports stay open: everything new gets a precise 503 rather than a refused connection.
+    status, _, body = yield _in_thread(request, daemon.port, "GET", "/readyz")
+    assert (status, body) == (503, b"draining\n")
+    assert (yield _in_thread(request, daemon.port, "GET", "/healthz"))[0] == 200
+    status, headers, body = yield _in_thread(post_form, daemon.port, "/voice", call_form())
+    assert status == 503 and headers["x-voicebridge-diagnosis"] == "draining" and b"draining" in body
+    status, headers, _ = yield _in_thread(upgrade_request, daemon.port)
+    assert status == 503 and headers["x-voicebridge-diagnosis"] == "draining"
+    refused = yield daemon.wait_for_async(
+        reactor, lambda e: e.get("event_name") == "handshake.refused" and e.get("reason") == "draining"
+    )
+    assert refused["status"] == 503
+    assert [e["reason"] for e in daemon.named("webhook.refused")] == ["draining"]
+
+    outcome = yield call.addTimeout(30, reactor)
+    assert len(outcome.sent) == 150 and outcome.received == outcome.sent, "the live call went on untouched"
+    assert outcome.close_code == 1000
+    code = yield _in_thread(daemon.wait_exit, 15)
+    assert code == 0
+    assert daemon.named("service.drained")
+    ended = daemon.named("call.ended")[0]
+    assert (ended["reason"], ended["close_code"]) == ("stop", 1000)
+
+
+@pytest_twisted.inlineCallbacks
+def test_drain_timeout_closes_live_calls_with_1001(start_daemon):
+    from twisted.internet import reactor
+
+    daemon = start_daemon("--drain-timeout", "1")
+    call = play_call(reactor, daemon.url("/twilio-media", "ws"), CallScript(frames=2000))
+    yield daemon.wait_for_async(reactor, lambda e: e.get("event_name") == "call.started")
+    daemon.signal(signal.SIGTERM)
+    outcome = yield call.addTimeout(30, reactor)
+    assert outcome.close_code == 1001 and outcome.closed_by_server
+    assert 0 < len(outcome.received) < 2000
+    assert (yield _in_thread(daemon.wait_exit, 15)) == 0
+    assert daemon.named("service.drain_timeout")[0]["count"] == 1
+    ended = daemon.named("call.ended")[0]
+    assert (ended["reason"], ended["close_code"]) == ("shutdown", 1001)
+
+
+@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT])
+@pytest_twisted.inlineCallbacks
+def test_a_second_signal_exits_at_once(start_daemon, second):
+    from twisted.internet import reactor
+
+    daemon = start_daemon()  # the default drain timeout: 300 s
+    call = play_call(reactor, daemon.url("/twilio-media", "ws"), CallScript(frames=5000))
+    yield daemon.wait_for_async(reactor, lambda e: e.get("event_name") == "call.started")
+    daemon.signal(signal.SIGTERM)
+    draining = yield daemon.wait_for_async(reactor, lambda e: e.get("event_name") == "service.draining")
+    assert draining["timeout"] == 300
+    started = time.monotonic()
+    daemon.signal(second)
+    code = yield _in_thread(daemon.wait_exit, 10)
+    assert code == 0
+    assert time.monotonic() - started < 5
+    assert daemon.named("service.drain_cut")[0]["count"] == 1
+    outcome = yield call.addTimeout(10, reactor)
+    assert outcome.close_code in (1001, 1006), "the caller's stream ends with the process"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_without_calls_a_signal_exits_0_at_once(start_daemon, sig):
+    daemon = start_daemon()
+    started = time.monotonic()
+    daemon.signal(sig)
+    assert daemon.wait_exit(15) == 0
+    assert time.monotonic() - started < 5
+    assert daemon.named("service.draining")[0]["count"] == 0
+    assert daemon.named("service.drained")
+
+
+def test_drain_timeout_option_is_checked(start_daemon):
+    from tests.daemon import Daemon
+
+    daemon = Daemon(["--drain-timeout", "-1"])
+    daemon.start(wait=False)
+    assert daemon.wait_exit(30) != 0
+    assert "--drain-timeout must be between 0 and 86400 seconds" in daemon.output
+
+
+# The Drain on a fake clock.
+
+
+def _drain(timeout=300.0):
+    reg, clock = registry()
+    return Drain(reg, clock, timeout), reg, clock
+
+
+def _advance(clock, seconds, step=0.1):
+    for _ in range(int(seconds / step)):
+        clock.advance(step)
+
+
+def test_drain_waits_for_the_handler_to_finish_stopping():
+    from voicebridge import messages
+
+    class SlowStop:
+        stopping = defer.Deferred()
+
+        def on_stop(self, reason):
+            return self.stopping
+
+    drain, reg, clock = _drain()
+    call, link = new_call(reg)
+    call.text_received(messages.twilio_start("MZ1", "CA1", "AC1", {}, 1))
+    call.handler = handler = SlowStop()
+    done = drain.run()
+    assert reg.draining and not done.called
+    link.close(1000, "caller hung up")
+    assert not reg.calls, "the call left the registry; its handler has not finished"
+    _advance(clock, 10)
+    assert not done.called, "nothing is lost: the drain waits for the handler"
+    handler.stopping.callback(None)
+    _advance(clock, 0.5)
+    assert done.called
+
+
+def test_drain_timeout_hangs_up_with_1001_on_the_fake_clock():
+    drain, reg, clock = _drain(timeout=120)
+    calls = [new_call(reg) for _ in range(3)]
+    done = drain.run()
+    _advance(clock, 119)
+    assert not done.called and all(link.closed is None for _, link in calls)
+    _advance(clock, 2)
+    assert all(link.closed == (1001, "shutdown") for _, link in calls)
+    _advance(clock, 1)
+    assert done.called
+
+
+def test_cut_before_the_timeout():
+    drain, reg, clock = _drain()
+    call, link = new_call(reg)
+    done = drain.run()
+    _advance(clock, 5)
+    drain.cut()
+    assert link.closed == (1001, "shutdown")
+    _advance(clock, 1)
+    assert done.called
