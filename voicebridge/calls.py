@@ -15,6 +15,7 @@ from twisted.logger import Logger
 
 from voicebridge import handlers as handler_registry
 from voicebridge import messages
+from voicebridge.callstats import CallTotals
 from voicebridge.logs import mask_parameters, printable
 
 HANDSHAKE = "handshake"
@@ -337,6 +338,7 @@ class CallRegistry:
         self.show_numbers = settings.show_numbers
         self.calls: set[Call] = set()
         self.draining = False
+        self.totals = CallTotals()  # ended calls, for /metrics
         self._conns = itertools.count(1)
         self._handlers = resolve_handlers(settings)
 
@@ -356,9 +358,13 @@ class CallRegistry:
 
     def closed(self, call: Call) -> None:
         self.calls.discard(call)
+        self.totals.ended(call)
 
     def protocol_error(self, call: Call, reason: str) -> None:
         pass
+
+    def handshake_refused(self, reason: str) -> None:
+        self.totals.refused(reason)
 
     @property
     def active(self) -> int:

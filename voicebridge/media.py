@@ -51,6 +51,7 @@ class StreamResource(Resource):
     def __init__(self, factory: MediaStreamFactory, admission, urls):
         super().__init__()
         self._websocket = WebSocketResource(factory)
+        self.registry = factory.registry
         self.admission = admission
         self.urls = urls
 
@@ -105,6 +106,7 @@ class StreamResource(Resource):
         return self._websocket.render(request)
 
     def _upgrade_missing(self, request, client, upgrade, connection):
+        self.registry.handshake_refused("upgrade-missing")
         note = "" if connection is None else f' (Connection: "{printable(connection, 60)}")'
         log.warn(
             "stream request without 'Upgrade: websocket' from {client} (upgrade={upgrade}, connection={connection}): "
@@ -122,6 +124,7 @@ class StreamResource(Resource):
         return _UPGRADE_MISSING.format(connection_note=note).encode("utf-8")
 
     def _refuse(self, request, client, status, reason, message, diagnosis=None):
+        self.registry.handshake_refused(reason)
         log.warn(
             "stream handshake refused client={client} status={status} reason={reason}: {message}",
             event_name="handshake.refused",
@@ -170,6 +173,7 @@ class MediaStreamProtocol(WebSocketServerProtocol):
             self.call = None
 
     def failHandshake(self, reason, code=400, responseHeaders=None):
+        self.factory.registry.handshake_refused("invalid-handshake")
         log.warn(
             "stream handshake refused by the WebSocket layer status={status}: {reason}",
             event_name="handshake.refused",

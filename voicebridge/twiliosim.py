@@ -42,6 +42,8 @@ class CallScript:
     marks: tuple = ()
     send_stop: bool = True
     linger: float = 0.5  # how long to wait for the last echoes before ``stop``
+    announce: bool = True  # send ``connected`` and ``start`` once open
+    close_after: float | None = None  # once done (after ``stop``), close from Twilio's side if the app has not
     stream_sid: str = field(default_factory=lambda: new_sid("MZ"))
     call_sid: str = field(default_factory=lambda: new_sid("CA"))
     account_sid: str = field(default_factory=lambda: new_sid("AC"))
@@ -62,19 +64,48 @@ class CallOutcome:
     close_reason: str | None = None
     was_clean: bool | None = None
     closed_by_server: bool | None = None
+    # The opening handshake as the application answered it (status 101 when it opened).
+    handshake_status: int | None = None
+    handshake_headers: dict = field(default_factory=dict)
+    handshake_body: bytes = b""  # what came with the head of a refusal (maybe not all of it)
+    handshake_error: str | None = None
+    stop_sent: bool = False
+    opened_at: float | None = None
+    closed_at: float | None = None
 
 
 class SimulatedTwilio(WebSocketClientProtocol):
     """One call, played as Twilio plays it. The factory carries the script; ``done`` gets the outcome."""
 
+    def onConnect(self, response):
+        self.outcome.handshake_status = 101
+        self.outcome.handshake_headers = dict(response.headers)
+
+    def failHandshake(self, reason):
+        """The application answered the upgrade with something else than 101: keep what it said."""
+        status_line = getattr(self, "http_status_line", None) or ""
+        parts = status_line.split()
+        if len(parts) >= 2 and parts[1].isdigit():
+            self.outcome.handshake_status = int(parts[1])
+        self.outcome.handshake_headers = dict(getattr(self, "http_headers", None) or {})
+        head_end = self.data.find(b"\r\n\r\n")
+        if head_end >= 0:
+            self.outcome.handshake_body = bytes(self.data[head_end + 4 : head_end + 4 + 4096])
+        self.outcome.handshake_error = reason
+        return super().failHandshake(reason)
+
     def onOpen(self):
         script: CallScript = self.factory.script
         self.outcome.opened = True
+        self.outcome.opened_at = self.factory.reactor.seconds()
         self.sequence = 0
-        self._send(messages.twilio_connected())
-        self._send(
-            messages.twilio_start(script.stream_sid, script.call_sid, script.account_sid, script.custom_parameters, self._seq())
-        )
+        if script.announce:
+            self._send(messages.twilio_connected())
+            self._send(
+                messages.twilio_start(
+                    script.stream_sid, script.call_sid, script.account_sid, script.custom_parameters, self._seq()
+                )
+            )
         self._frame = 0
         self._loop = task.LoopingCall(self._tick)
         self._loop.clock = self.factory.reactor
@@ -109,11 +140,21 @@ class SimulatedTwilio(WebSocketClientProtocol):
             self._send(messages.twilio_mark(script.stream_sid, name, self._seq()))
         if script.send_stop:
             self._stop_call = self.factory.reactor.callLater(script.linger, self._stop)
+        elif script.close_after is not None:
+            self._stop_call = self.factory.reactor.callLater(script.close_after, self._hang_up)
 
     def _stop(self):
         script: CallScript = self.factory.script
         if self.state == self.STATE_OPEN:
             self._send(messages.twilio_stop(script.stream_sid, script.call_sid, script.account_sid, self._seq()))
+            self.outcome.stop_sent = True
+            if script.close_after is not None:
+                self._stop_call = self.factory.reactor.callLater(script.close_after, self._hang_up)
+
+    def _hang_up(self):
+        """Twilio closes the socket itself after ``stop`` when the application does not."""
+        if self.state == self.STATE_OPEN:
+            self.sendClose(1000)
 
     def onMessage(self, payload, isBinary):
         try:
@@ -142,6 +183,9 @@ class SimulatedTwilio(WebSocketClientProtocol):
         if stop_call is not None and stop_call.active():
             stop_call.cancel()
         self.outcome.was_clean = wasClean
+        self.outcome.closed_at = self.factory.reactor.seconds()
+        if self.outcome.handshake_error is None and not self.outcome.opened:
+            self.outcome.handshake_error = self.wasNotCleanReason or reason
         self.outcome.close_code = self.remoteCloseCode if self.remoteCloseCode is not None else code
         self.outcome.close_reason = reason
         self.outcome.closed_by_server = not self.closedByMe
@@ -159,15 +203,22 @@ class _Factory(WebSocketClientFactory):
         return proto
 
 
-def endpoint_for(reactor, url: str, trust_root=None, connect_to: tuple[str, int] | None = None, timeout: float = 10):
-    """A client endpoint for a ws(s):// URL: TLS verified against ``trust_root`` (system roots when None)."""
+def endpoint_for(
+    reactor, url: str, trust_root=None, connect_to: tuple[str, int] | None = None, timeout: float = 10, tls_options=None
+):
+    """A client endpoint for a ws(s):// or http(s):// URL.
+
+    TLS is verified against ``trust_root`` (system roots when None), unless the caller brings its
+    own ``tls_options`` (an IOpenSSLClientConnectionCreator). ``connect_to`` sends the connection
+    to another (host, port), leaving SNI and Host as the URL says.
+    """
     parts = urlsplit(url)
-    secure = parts.scheme == "wss"
+    secure = parts.scheme in ("wss", "https")
     port = parts.port or (443 if secure else 80)
     host, port = connect_to if connect_to else (parts.hostname, port)
     endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
     if secure:
-        endpoint = wrapClientTLS(optionsForClientTLS(parts.hostname, trustRoot=trust_root), endpoint)
+        endpoint = wrapClientTLS(tls_options or optionsForClientTLS(parts.hostname, trustRoot=trust_root), endpoint)
     return endpoint
 
 
@@ -180,6 +231,7 @@ def play_call(
     trust_root=None,
     connect_to=None,
     timeout: float = 10,
+    tls_options=None,
 ) -> defer.Deferred:
     """Play one call against ``stream_url``; fires with a CallOutcome (or fails if no TCP/TLS connection)."""
     all_headers = dict(headers or {})
@@ -191,7 +243,7 @@ def play_call(
     factory.script = script
     factory.outcome = CallOutcome()
     factory.done = defer.Deferred()
-    connecting = endpoint_for(reactor, stream_url, trust_root, connect_to, timeout).connect(factory)
+    connecting = endpoint_for(reactor, stream_url, trust_root, connect_to, timeout, tls_options).connect(factory)
 
     def failed_to_connect(failure):
         done, factory.done = factory.done, None

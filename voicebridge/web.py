@@ -7,6 +7,7 @@ from twisted.web.server import Site
 
 from voicebridge.health import Healthz, Readyz
 from voicebridge.media import MediaStreamFactory, StreamResource
+from voicebridge.metrics import Metrics
 from voicebridge.webhook import VoiceWebhook
 
 INDEX = b"""voicebridge: Twilio voice webhook and Media Streams bridge.
@@ -14,7 +15,16 @@ INDEX = b"""voicebridge: Twilio voice webhook and Media Streams bridge.
   GET  /twilio-media   Twilio Media Streams WebSocket
   GET  /healthz        liveness
   GET  /readyz         readiness (503 while draining)
+  GET  /metrics        Prometheus metrics
 """
+
+
+class NotFound(NoResource):
+    """404, marked as voicebridge's own so ``voicebridge probe`` can tell it from a proxy's."""
+
+    def render(self, request):
+        request.setHeader(b"X-Voicebridge-Diagnosis", b"not-found")
+        return super().render(request)
 
 
 class Root(Resource):
@@ -25,7 +35,7 @@ class Root(Resource):
     def getChild(self, path, request):
         if path == b"":
             return self
-        return NoResource("No such resource. voicebridge serves /voice, /twilio-media, /healthz and /readyz.")
+        return NotFound("No such resource. voicebridge serves /voice, /twilio-media, /healthz, /readyz and /metrics.")
 
 
 class VoiceSite(Site):
@@ -41,9 +51,11 @@ class VoiceSite(Site):
 
 def build_site(settings, registry, admission, urls) -> VoiceSite:
     root = Root()
-    root.putChild(b"voice", VoiceWebhook(settings, admission, urls))
+    metrics = Metrics(registry)
+    root.putChild(b"voice", metrics.timed(VoiceWebhook(settings, admission, urls)))
     factory = MediaStreamFactory(registry, urls, settings)
     root.putChild(urls.stream_path.strip("/").encode("ascii"), StreamResource(factory, admission, urls))
     root.putChild(b"healthz", Healthz())
     root.putChild(b"readyz", Readyz(registry))
+    root.putChild(b"metrics", metrics.resource())
     return VoiceSite(root)
