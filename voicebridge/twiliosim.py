@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import defer, task
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.ssl import optionsForClientTLS
 
 from voicebridge import messages
+from voicebridge.wsclient import endpoint_for
 
 FRAME_BYTES = 160  # 20 ms of 8 kHz mu-law
 FRAME_MS = 20
@@ -46,6 +44,7 @@ class CallScript:
     call_sid: str = field(default_factory=lambda: new_sid("CA"))
     account_sid: str = field(default_factory=lambda: new_sid("AC"))
     frame: object = tone_frame
+    lost: frozenset = frozenset()  # frame numbers never sent, as if lost: Twilio skips their timestamps
 
 
 @dataclass
@@ -55,6 +54,8 @@ class CallOutcome:
     received: list = field(default_factory=list)
     received_at: list = field(default_factory=list)
     sent_at: list = field(default_factory=list)
+    sent_frames: list = field(default_factory=list)  # every text frame sent, as sent
+    received_frames: list = field(default_factory=list)  # every text frame received, as received
     marks: list = field(default_factory=list)
     clears: int = 0
     foreign: list = field(default_factory=list)
@@ -86,6 +87,7 @@ class SimulatedTwilio(WebSocketClientProtocol):
         return self.sequence
 
     def _send(self, data: bytes):
+        self.outcome.sent_frames.append(data)
         self.sendMessage(data, isBinary=False)
 
     def _tick(self):
@@ -93,6 +95,8 @@ class SimulatedTwilio(WebSocketClientProtocol):
         if self.state != self.STATE_OPEN:
             self._loop.stop()
             return
+        while self._frame in script.lost:
+            self._frame += 1
         if self._frame < script.frames:
             audio = script.frame(self._frame)
             self.outcome.sent.append(audio)
@@ -116,6 +120,7 @@ class SimulatedTwilio(WebSocketClientProtocol):
             self._send(messages.twilio_stop(script.stream_sid, script.call_sid, script.account_sid, self._seq()))
 
     def onMessage(self, payload, isBinary):
+        self.outcome.received_frames.append(payload)
         try:
             message = messages.parse_outbound(payload)
         except messages.MessageError as e:
@@ -157,18 +162,6 @@ class _Factory(WebSocketClientFactory):
         proto = super().buildProtocol(addr)
         proto.outcome = self.outcome
         return proto
-
-
-def endpoint_for(reactor, url: str, trust_root=None, connect_to: tuple[str, int] | None = None, timeout: float = 10):
-    """A client endpoint for a ws(s):// URL: TLS verified against ``trust_root`` (system roots when None)."""
-    parts = urlsplit(url)
-    secure = parts.scheme == "wss"
-    port = parts.port or (443 if secure else 80)
-    host, port = connect_to if connect_to else (parts.hostname, port)
-    endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
-    if secure:
-        endpoint = wrapClientTLS(optionsForClientTLS(parts.hostname, trustRoot=trust_root), endpoint)
-    return endpoint
 
 
 def play_call(

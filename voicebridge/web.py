@@ -5,6 +5,7 @@ from __future__ import annotations
 from twisted.web.resource import NoResource, Resource
 from twisted.web.server import Site
 
+from voicebridge.connectaction import ACTION_PATH, ConnectActionResource, connect_action_url
 from voicebridge.health import Healthz, Readyz
 from voicebridge.media import MediaStreamFactory, StreamResource
 from voicebridge.webhook import VoiceWebhook
@@ -14,6 +15,7 @@ INDEX = b"""voicebridge: Twilio voice webhook and Media Streams bridge.
   GET  /twilio-media   Twilio Media Streams WebSocket
   GET  /healthz        liveness
   GET  /readyz         readiness (503 while draining)
+  POST /connect-action Twilio's <Connect action> request when a stream ends
 """
 
 
@@ -25,7 +27,7 @@ class Root(Resource):
     def getChild(self, path, request):
         if path == b"":
             return self
-        return NoResource("No such resource. voicebridge serves /voice, /twilio-media, /healthz and /readyz.")
+        return NoResource("No such resource. voicebridge serves /voice, /twilio-media, /healthz, /readyz and /connect-action.")
 
 
 class VoiceSite(Site):
@@ -41,7 +43,12 @@ class VoiceSite(Site):
 
 def build_site(settings, registry, admission, urls) -> VoiceSite:
     root = Root()
-    root.putChild(b"voice", VoiceWebhook(settings, admission, urls))
+    webhook = VoiceWebhook(settings, admission, urls)
+    webhook.connect_action = connect_action_url(registry, urls)
+    root.putChild(b"voice", webhook)
+    root.putChild(
+        ACTION_PATH.strip("/").encode("ascii"), ConnectActionResource(registry.connect_actions, settings, admission, urls)
+    )
     factory = MediaStreamFactory(registry, urls, settings)
     root.putChild(urls.stream_path.strip("/").encode("ascii"), StreamResource(factory, admission, urls))
     root.putChild(b"healthz", Healthz())
