@@ -16,7 +16,8 @@ from twisted.logger import Logger
 from voicebridge import handlers as handler_registry
 from voicebridge import messages
 from voicebridge.callstats import CallTotals
-from voicebridge.logs import mask_parameters, printable
+from voicebridge.connectaction import ConnectActions
+from voicebridge.logs import mask_number, mask_parameters, printable
 
 HANDSHAKE = "handshake"
 STARTED = "started"
@@ -66,6 +67,10 @@ class Call:
         self.close_code: int | None = None
         self.finished = defer.Deferred()
         self._stop_done: defer.Deferred | None = None
+        # The raw frame being dispatched, kept only while it is needed (see _text_received_keeping_frames).
+        self.frame: bytes | None = None
+        self.opening_frames: list[bytes] = []
+        self.text_received = self._text_received_keeping_frames
         self._dispatch = {
             messages.Media: self._on_media,
             messages.Connected: self._on_connected,
@@ -109,6 +114,19 @@ class Call:
             self.protocol_error(e.reason, e.detail)
             return
         self._dispatch[type(message)](message)
+
+    def _text_received_keeping_frames(self, data: bytes) -> None:
+        """``text_received`` with the frame at hand as ``self.frame`` while it is dispatched.
+
+        In use until ``start`` (so ``connected`` and ``start`` are kept as received, in
+        ``opening_frames``) and after it only for a handler with ``wants_frames`` (a relay forwards
+        Twilio's frames byte for byte). Other calls go back to plain ``text_received`` at start.
+        """
+        self.frame = data
+        try:
+            Call.text_received(self, data)
+        finally:
+            self.frame = None
 
     def binary_received(self, size: int) -> None:
         """Twilio sends only text frames (a binary frame is its warning 31950)."""
@@ -156,6 +174,8 @@ class Call:
     # Messages from Twilio.
 
     def _on_connected(self, message: messages.Connected) -> None:
+        if self.frame is not None and self.state == HANDSHAKE and not self.opening_frames:
+            self.opening_frames.append(self.frame)
         log.debug(
             "connected protocol={protocol} version={version}", protocol=message.protocol, version=message.version, **self.ids
         )
@@ -170,15 +190,30 @@ class Call:
         self.call_sid = message.call_sid
         self.account_sid = message.account_sid
         self.parameters = {**self.query, **message.custom_parameters}
+        if self.frame is not None:
+            self.opening_frames.append(self.frame)
         try:
             self.tenant, self.handler_name, handler_cls, options = self.registry.route(self.parameters)
             self.handler = handler_cls(self, options)
+        except NoTenant as e:
+            log.warn(
+                "call refused callSid={callSid}: {reason}",
+                event_name="call.no_tenant",
+                reason=str(e),
+                parameters=mask_parameters(self.parameters, self.registry.show_numbers),
+                **self.ids,
+            )
+            self.end_reason = "refused"
+            self.link.close(CLOSE_POLICY, "no tenant for this call")
+            return
         except Exception as e:
             self.handler = None
             log.failure("no handler for callSid={callSid}: {error}", error=str(e), **self.ids)
             self.end_reason = "error"
             self.link.close(CLOSE_INTERNAL_ERROR, "no handler for this call")
             return
+        if not self.handler.wants_frames:
+            self.__dict__.pop("text_received", None)  # back to the plain method: nothing kept per frame
         self.registry.started(self)
         log.info(
             "call started callSid={callSid} streamSid={streamSid} tenant={tenant} handler={handler} "
@@ -258,6 +293,61 @@ class Call:
         if self.state == STARTED:
             self.link.send_text(messages.clear(self.stream_sid))
 
+    def forward(self, message, data: bytes) -> None:
+        """Send Twilio a frame an application built, byte for byte (a relay does); ``message`` is
+        ``messages.parse_outbound(data)``, for the counters. The caller checks the streamSid."""
+        if self.state != STARTED:
+            return
+        kind = type(message)
+        if kind is messages.Media:
+            self.frames_out += 1
+            self.bytes_out += len(message.payload)
+        elif kind is messages.Mark:
+            self.marks_out += 1
+        self.link.send_text(data)
+
+    def watch_outbound(self, watcher) -> None:
+        """Let ``watcher`` hear what this call sends Twilio: ``sent_audio(audio)``, ``sent_mark(name)``, ``sent_clear()``.
+
+        A recorder uses it. The watching variants replace the plain methods on this call only, so
+        calls nobody watches pay nothing on their hot path.
+        """
+        self._watchers = (*self.__dict__.get("_watchers", ()), watcher)
+        self.send_audio = self._send_audio_watched
+        self.send_mark = self._send_mark_watched
+        self.clear = self._clear_watched
+        self.forward = self._forward_watched
+
+    def _send_audio_watched(self, audio: bytes) -> None:
+        if self.state == STARTED:
+            Call.send_audio(self, audio)
+            for watcher in self._watchers:
+                watcher.sent_audio(audio)
+
+    def _send_mark_watched(self, name: str) -> None:
+        if self.state == STARTED:
+            Call.send_mark(self, name)
+            for watcher in self._watchers:
+                watcher.sent_mark(name)
+
+    def _clear_watched(self) -> None:
+        if self.state == STARTED:
+            Call.clear(self)
+            for watcher in self._watchers:
+                watcher.sent_clear()
+
+    def _forward_watched(self, message, data: bytes) -> None:
+        if self.state == STARTED:
+            Call.forward(self, message, data)
+            kind = type(message)
+            for watcher in self._watchers:
+                if kind is messages.Media:
+                    watcher.sent_audio(message.payload)
+                elif kind is messages.Mark:
+                    watcher.sent_mark(message.name)
+                elif kind is messages.Clear:
+                    watcher.sent_clear()
+
     def hangup(self, reason: str = "hangup", code: int = CLOSE_NORMAL) -> None:
         """End the call: closing the stream makes Twilio leave <Connect> and, with nothing after it, hang up."""
         if self.end_reason is None:
@@ -307,25 +397,64 @@ def resolve_handlers(settings) -> dict:
     Options merge, later winning: the config's [handlers.NAME], flags, the tenant's handler_options.
     """
     config = settings.config
+    for name in config.handlers:
+        try:
+            handler_registry.load(name)
+        except handler_registry.UnknownHandler as e:
+            raise handler_registry.UnknownHandler(f"[handlers.{name}]: {e}") from None
     tenants = [None, *config.tenants.values()]
     if config.default_tenant is not None:
         tenants.append(config.default_tenant)
     resolved = {}
     for tenant in tenants:
         name = (tenant.handler if tenant is not None else None) or settings.handler
-        cls = handler_registry.load(name)
-        options = {
-            **config.handlers.get(name, {}),
-            **settings.handler_options.get(name, {}),
-            **(tenant.handler_options if tenant is not None else {}),
-        }
-        try:
-            options = cls.check_options(options)
-        except ValueError as e:
-            where = f"tenant {tenant.id}" if tenant is not None else "calls without a tenant"
-            raise ValueError(f"handler {name!r} for {where}: {e}") from None
-        resolved[tenant.id if tenant is not None else None] = (name, cls, options)
+        tenant_options = tenant.handler_options if tenant is not None else {}
+        resolved[tenant.id if tenant is not None else None] = _resolve_handler(settings, tenant, name, tenant_options, ())
     return resolved
+
+
+def _resolve_handler(settings, tenant, name: str, tenant_options: dict, outer: tuple) -> tuple:
+    """One handler's (name, class, options); a handler it wraps is resolved too, into options["inner"].
+
+    A tenant's handler_options are for its handler; options for a handler that one wraps go in a
+    table named after it (``[tenants.b1.handler_options.relay]`` under ``handler = "record"``).
+    """
+    where = f"tenant {tenant.id}" if tenant is not None else "calls without a tenant"
+    if name in outer:
+        raise ValueError(f"handler {name!r} for {where} wraps itself ({' -> '.join((*outer, name))})")
+    cls = handler_registry.load(name)
+    known = handler_registry.available()
+    nested = {k: v for k, v in tenant_options.items() if isinstance(v, dict) and k in known}
+    options = {
+        **settings.config.handlers.get(name, {}),
+        **settings.handler_options.get(name, {}),
+        **{k: v for k, v in tenant_options.items() if k not in nested},
+    }
+    try:
+        options = cls.check_options(options)
+    except ValueError as e:
+        raise ValueError(f"handler {name!r} for {where}: {e}") from None
+    inner = cls.inner_handler(options)
+    for table in nested:
+        if table != inner:
+            raise ValueError(f"{where}: handler_options.{table}: the handler {name!r} does not hand calls to {table!r}")
+    if inner:
+        options = {**options, "inner": _resolve_handler(settings, tenant, inner, nested.get(inner, {}), (*outer, name))}
+    return name, cls, options
+
+
+def handlers_in_use(resolved: dict) -> set[str]:
+    """Every handler name some call can reach, wrapped ones included."""
+    names = set()
+    for entry in resolved.values():
+        while entry:
+            names.add(entry[0])
+            entry = entry[2].get("inner")
+    return names
+
+
+class NoTenant(LookupError):
+    """The call names no known tenant, and the config refuses unknown tenants."""
 
 
 class CallRegistry:
@@ -341,12 +470,24 @@ class CallRegistry:
         self.totals = CallTotals()  # ended calls, for /metrics
         self._conns = itertools.count(1)
         self._handlers = resolve_handlers(settings)
+        self.connect_actions = ConnectActions(clock)
 
     def route(self, parameters: dict) -> tuple:
-        """(tenant, handler name, handler class, options) for a call with these parameters."""
-        tenant = self.config.tenant_for(parameters.get("businessId"), parameters.get("to"))
+        """(tenant, handler name, handler class, options) for a call with these parameters; raises NoTenant."""
+        business_id, number = parameters.get("businessId"), parameters.get("to")
+        tenant = self.config.tenant_for(business_id, number)
+        if tenant is None and self.config.tenants and self.config.unknown_tenant == "refuse":
+            raise NoTenant(
+                f"businessId {printable(business_id, 64)} and number {mask_number(number, self.show_numbers) or '-'} "
+                'match no tenant, and unknown tenants are refused (unknown_tenant = "refuse")'
+            )
         name, cls, options = self._handlers[tenant.id if tenant is not None else None]
         return tenant, name, cls, options
+
+    def wants_connect_action(self, tenant) -> bool:
+        """Whether the webhook should give this tenant's calls ``<Connect action>`` (see Handler.uses_connect_action)."""
+        name, cls, options = self._handlers[tenant.id if tenant is not None else None]
+        return cls.uses_connect_action(options)
 
     def new_call(self, link, client: str, query: dict[str, str]) -> Call:
         call = Call(self, link, client, query, next(self._conns))

@@ -8,6 +8,7 @@ personal data: they are masked unless the operator asks to see them.
 from __future__ import annotations
 
 import re
+from urllib.parse import urlsplit, urlunsplit
 
 _DIGITS = re.compile(r"\d")
 
@@ -33,6 +34,15 @@ def mask_parameters(parameters: dict, show: bool = False) -> dict:
     if show:
         return dict(parameters)
     return {k: (mask_number(v) if k in NUMBER_PARAMETERS else v) for k, v in parameters.items()}
+
+
+def redact_url(url: str) -> str:
+    """A URL fit for a log or a listing: no credentials, and no query string, which may carry a token."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "..." if parts.query else "", ""))
 
 
 def printable(value, limit: int = 120) -> str:

@@ -41,7 +41,8 @@ from voicebridge import diagnosis as dx
 from voicebridge.diagnosis import FAIL, OK, SKIP, STREAM, WARN, WEBHOOK, HTTPAnswer, Step
 from voicebridge.signatures import SignatureChecker
 from voicebridge.tlscheck import InspectingTLS
-from voicebridge.twiliosim import FRAME_MS, CallScript, endpoint_for, new_sid, play_call
+from voicebridge.twiliosim import FRAME_MS, CallScript, new_sid, play_call
+from voicebridge.wsclient import endpoint_for
 
 WEBHOOK_TIMEOUT = 15  # Twilio waits this long for the voice webhook
 MAX_REDIRECTS = 10

@@ -7,7 +7,7 @@ import os
 from twisted.python import usage
 
 from voicebridge import handlers, tls
-from voicebridge.calls import resolve_handlers
+from voicebridge.calls import handlers_in_use, resolve_handlers
 from voicebridge.config import DEFAULT_HANDLER, Config, ConfigError, Secret, Settings, load_config
 from voicebridge.publicurl import PublicURLError, PublicURLs, TrustedProxies, parse_public_url
 
@@ -35,6 +35,19 @@ def read_token_file(path: str) -> Secret:
     return Secret(token)
 
 
+# flag -> (handler, option): the same settings as the config file's [handlers.NAME] tables.
+HANDLER_FLAGS = {
+    "record-dir": ("record", "dir"),
+    "record-handler": ("record", "handler"),
+    "relay-url": ("relay", "url"),
+    "relay-fallback": ("relay", "fallback"),
+    "relay-message": ("relay", "message"),
+    "relay-connect-timeout": ("relay", "connect_timeout"),
+    "relay-handshake-timeout": ("relay", "handshake_timeout"),
+    "relay-ca": ("relay", "ca_file"),
+}
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
@@ -50,6 +63,15 @@ class Options(usage.Options):
         ["auth-token-file", None, None, "File holding the Twilio auth token (else TWILIO_AUTH_TOKEN)."],
         ["max-message-size", None, 64 * 1024, "Largest WebSocket message accepted, in bytes (closes with 1009).", int],
         ["drain-timeout", None, 300.0, "On SIGTERM, seconds live calls may go on before they are closed with 1001.", float],
+        # Handler settings: each flag is one option of one handler (HANDLER_FLAGS), as in [handlers.NAME].
+        ["record-dir", None, None, "record: directory for each call's WAV and JSON files."],
+        ["record-handler", None, None, "record: the handler whose calls are recorded, e.g. echo or relay (default: none)."],
+        ["relay-url", None, None, "relay: ws(s):// URL of the Media Streams application calls are relayed to."],
+        ["relay-fallback", None, None, "relay: when the application fails, 'hangup' or 'say' (--relay-message, then hang up)."],
+        ["relay-message", None, None, "relay: what Twilio says before hanging up when the application fails."],
+        ["relay-connect-timeout", None, None, "relay: seconds for the TCP connection to the application (default 5).", float],
+        ["relay-handshake-timeout", None, None, "relay: seconds for its TLS and WebSocket handshakes (default 5).", float],
+        ["relay-ca", None, None, "relay: PEM file of CA certificates trusted for wss:// (default: the system's)."],
     ]
     optFlags = [
         ["show-numbers", None, "Log phone numbers in full (masked by default)."],
@@ -113,9 +135,24 @@ class Options(usage.Options):
             raise usage.UsageError("--max-message-size must be at least 1024 bytes")
         self["handler_name"] = self["handler"] or self["config_obj"].handler or DEFAULT_HANDLER
         try:
-            resolve_handlers(self.settings())
+            resolved = resolve_handlers(self.settings())
         except (ValueError, handlers.UnknownHandler) as e:
             raise usage.UsageError(str(e)) from None
+        unused = set(self.handler_options()) - handlers_in_use(resolved)
+        if unused:
+            flags = ", ".join(
+                f"--{flag}" for flag, (name, _) in HANDLER_FLAGS.items() if name in unused and self[flag] is not None
+            )
+            raise usage.UsageError(
+                f"{flags}: no call uses the {', '.join(sorted(unused))} handler; add --handler NAME, or name it in the config"
+            )
+
+    def handler_options(self) -> dict:
+        options: dict = {}
+        for flag, (handler, key) in HANDLER_FLAGS.items():
+            if self[flag] is not None:
+                options.setdefault(handler, {})[key] = self[flag]
+        return options
 
     def settings(self) -> Settings:
         return Settings(
@@ -124,6 +161,7 @@ class Options(usage.Options):
             trusted_proxies=tuple(self["trusted_proxies"]),
             auth_token=self["auth_token"],
             handler=self["handler_name"],
+            handler_options=self.handler_options(),
             config=self["config_obj"],
             max_message_size=self["max-message-size"],
             show_numbers=bool(self["show-numbers"]),

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import defer, task
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.ssl import optionsForClientTLS
 
 from voicebridge import messages
+from voicebridge.wsclient import endpoint_for
 
 FRAME_BYTES = 160  # 20 ms of 8 kHz mu-law
 FRAME_MS = 20
@@ -48,6 +46,7 @@ class CallScript:
     call_sid: str = field(default_factory=lambda: new_sid("CA"))
     account_sid: str = field(default_factory=lambda: new_sid("AC"))
     frame: object = tone_frame
+    lost: frozenset = frozenset()  # frame numbers never sent, as if lost: Twilio skips their timestamps
 
 
 @dataclass
@@ -57,6 +56,8 @@ class CallOutcome:
     received: list = field(default_factory=list)
     received_at: list = field(default_factory=list)
     sent_at: list = field(default_factory=list)
+    sent_frames: list = field(default_factory=list)  # every text frame sent, as sent
+    received_frames: list = field(default_factory=list)  # every text frame received, as received
     marks: list = field(default_factory=list)
     clears: int = 0
     foreign: list = field(default_factory=list)
@@ -117,6 +118,7 @@ class SimulatedTwilio(WebSocketClientProtocol):
         return self.sequence
 
     def _send(self, data: bytes):
+        self.outcome.sent_frames.append(data)
         self.sendMessage(data, isBinary=False)
 
     def _tick(self):
@@ -124,6 +126,8 @@ class SimulatedTwilio(WebSocketClientProtocol):
         if self.state != self.STATE_OPEN:
             self._loop.stop()
             return
+        while self._frame in script.lost:
+            self._frame += 1
         if self._frame < script.frames:
             audio = script.frame(self._frame)
             self.outcome.sent.append(audio)
@@ -157,6 +161,7 @@ class SimulatedTwilio(WebSocketClientProtocol):
             self.sendClose(1000)
 
     def onMessage(self, payload, isBinary):
+        self.outcome.received_frames.append(payload)
         try:
             message = messages.parse_outbound(payload)
         except messages.MessageError as e:
@@ -201,25 +206,6 @@ class _Factory(WebSocketClientFactory):
         proto = super().buildProtocol(addr)
         proto.outcome = self.outcome
         return proto
-
-
-def endpoint_for(
-    reactor, url: str, trust_root=None, connect_to: tuple[str, int] | None = None, timeout: float = 10, tls_options=None
-):
-    """A client endpoint for a ws(s):// or http(s):// URL.
-
-    TLS is verified against ``trust_root`` (system roots when None), unless the caller brings its
-    own ``tls_options`` (an IOpenSSLClientConnectionCreator). ``connect_to`` sends the connection
-    to another (host, port), leaving SNI and Host as the URL says.
-    """
-    parts = urlsplit(url)
-    secure = parts.scheme in ("wss", "https")
-    port = parts.port or (443 if secure else 80)
-    host, port = connect_to if connect_to else (parts.hostname, port)
-    endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
-    if secure:
-        endpoint = wrapClientTLS(tls_options or optionsForClientTLS(parts.hostname, trustRoot=trust_root), endpoint)
-    return endpoint
 
 
 def play_call(

@@ -49,11 +49,14 @@ def fit_parameters(parameters: dict[str, str]) -> tuple[dict[str, str], list[str
     return kept, dropped
 
 
-def connect_stream(stream_url: str, parameters: dict[str, str]) -> str:
-    """``<Response><Connect><Stream url=..>`` with one ``<Parameter>`` per context value."""
+def connect_stream(stream_url: str, parameters: dict[str, str], action: str | None = None) -> str:
+    """``<Response><Connect><Stream url=..>`` with one ``<Parameter>`` per context value.
+
+    With ``action``, Twilio requests that URL when the stream ends and runs the TwiML it returns.
+    """
     check_stream_url(stream_url)
     response = VoiceResponse()
-    connect = response.connect()
+    connect = response.connect(action=action) if action else response.connect()
     stream = connect.stream(url=stream_url)
     for name, value in parameters.items():
         stream.parameter(name=name, value=value)
@@ -71,6 +74,12 @@ def reject() -> str:
     """Refuse the call before it is answered (no charge to the caller)."""
     response = VoiceResponse()
     response.reject()
+    return response.to_xml()
+
+
+def hang_up() -> str:
+    response = VoiceResponse()
+    response.hangup()
     return response.to_xml()
 
 

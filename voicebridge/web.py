@@ -5,6 +5,7 @@ from __future__ import annotations
 from twisted.web.resource import NoResource, Resource
 from twisted.web.server import Site
 
+from voicebridge.connectaction import ACTION_PATH, ConnectActionResource, connect_action_url
 from voicebridge.health import Healthz, Readyz
 from voicebridge.media import MediaStreamFactory, StreamResource
 from voicebridge.metrics import Metrics
@@ -16,6 +17,7 @@ INDEX = b"""voicebridge: Twilio voice webhook and Media Streams bridge.
   GET  /healthz        liveness
   GET  /readyz         readiness (503 while draining)
   GET  /metrics        Prometheus metrics
+  POST /connect-action Twilio's <Connect action> request when a stream ends
 """
 
 
@@ -35,7 +37,9 @@ class Root(Resource):
     def getChild(self, path, request):
         if path == b"":
             return self
-        return NotFound("No such resource. voicebridge serves /voice, /twilio-media, /healthz, /readyz and /metrics.")
+        return NotFound(
+            "No such resource. voicebridge serves /voice, /twilio-media, /healthz, /readyz, /metrics and /connect-action."
+        )
 
 
 class VoiceSite(Site):
@@ -52,7 +56,12 @@ class VoiceSite(Site):
 def build_site(settings, registry, admission, urls) -> VoiceSite:
     root = Root()
     metrics = Metrics(registry)
-    root.putChild(b"voice", metrics.timed(VoiceWebhook(settings, admission, urls)))
+    webhook = VoiceWebhook(settings, admission, urls)
+    webhook.connect_action = connect_action_url(registry, urls)
+    root.putChild(b"voice", metrics.timed(webhook))
+    root.putChild(
+        ACTION_PATH.strip("/").encode("ascii"), ConnectActionResource(registry.connect_actions, settings, admission, urls)
+    )
     factory = MediaStreamFactory(registry, urls, settings)
     root.putChild(urls.stream_path.strip("/").encode("ascii"), StreamResource(factory, admission, urls))
     root.putChild(b"healthz", Healthz())

@@ -56,6 +56,8 @@ def call_parameters(query: dict[str, str], form: dict[str, str], tenant) -> dict
 
 class VoiceWebhook(Resource):
     isLeaf = True
+    # (tenant, RequestView) -> the <Connect action> URL for the call, or None; set by build_site.
+    connect_action = None
 
     def __init__(self, settings, admission, urls):
         super().__init__()
@@ -87,24 +89,9 @@ class VoiceWebhook(Resource):
             return self._error(request, 400, "bad-host", str(e))
         form = dict(reversed(form_pairs))  # the first value of a repeated field wins
         call_sid = form.get("CallSid") or "-"
-        refusal = self.admission.webhook(
-            view.peer,
-            url,
-            form_pairs,
-            header(request, b"x-twilio-signature"),
-            header(request, b"x-twilio-webhooks-signature-settings"),
-        )
-        if refusal is not None:
-            log.warn(
-                "webhook refused callSid={callSid} client={client} status={status} reason={reason}: {message}",
-                event_name="webhook.refused",
-                callSid=printable(call_sid, 40),
-                client=client,
-                status=refusal.status,
-                reason=refusal.reason,
-                message=refusal.message,
-            )
-            return self._error(request, refusal.status, refusal.reason, refusal.message, logged=True)
+        refused = self._refused(request, view, client, url, form_pairs, call_sid)
+        if refused is not None:
+            return refused
 
         query = dict(reversed(parse_qsl(urlsplit(view.uri).query, keep_blank_values=True)))
         tenant = self.config.tenant_for(query.get("businessId"), form.get("To"))
@@ -136,7 +123,30 @@ class VoiceWebhook(Resource):
             names=",".join(parameters),
             client=client,
         )
-        return self._twiml(request, twiml.connect_stream(stream_url, parameters))
+        action = self.connect_action(tenant, view) if self.connect_action is not None else None
+        return self._twiml(request, twiml.connect_stream(stream_url, parameters, action=action))
+
+    def _refused(self, request, view, client, url, form_pairs, call_sid):
+        """None if the request is Twilio's (or development mode lets it in), else the logged refusal."""
+        refusal = self.admission.webhook(
+            view.peer,
+            url,
+            form_pairs,
+            header(request, b"x-twilio-signature"),
+            header(request, b"x-twilio-webhooks-signature-settings"),
+        )
+        if refusal is None:
+            return None
+        log.warn(
+            "webhook refused callSid={callSid} client={client} status={status} reason={reason}: {message}",
+            event_name="webhook.refused",
+            callSid=printable(call_sid, 40),
+            client=client,
+            status=refusal.status,
+            reason=refusal.reason,
+            message=refusal.message,
+        )
+        return self._error(request, refusal.status, refusal.reason, refusal.message, logged=True)
 
     def _warn_stream_url(self, stream_url: str) -> None:
         if stream_url in self._warned_urls or len(self._warned_urls) > 100:

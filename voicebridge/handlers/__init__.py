@@ -16,6 +16,8 @@ ENTRY_POINT_GROUP = "voicebridge.handlers"
 # name -> "module:Class"; adding a built-in handler is one new module and one line here.
 BUILTIN = {
     "echo": "voicebridge.handlers.echo:EchoHandler",
+    "record": "voicebridge.handlers.record:RecordHandler",
+    "relay": "voicebridge.handlers.relay:RelayHandler",
 }
 
 
@@ -26,6 +28,11 @@ class UnknownHandler(LookupError):
 class Handler:
     """Base class: override the events you need; each gets the call's context through ``self.call``."""
 
+    # True for a handler that forwards Twilio's frames byte for byte (relay): during each event the
+    # frame being handled is ``self.call.frame``, and ``self.call.opening_frames`` holds ``connected``
+    # and ``start`` as received. Other handlers leave it False, and their calls pay nothing for it.
+    wants_frames = False
+
     def __init__(self, call, options: dict):
         self.call = call
         self.options = options
@@ -34,6 +41,23 @@ class Handler:
     def check_options(cls, options: dict) -> dict:
         """Validate (and normalize) options at start-up; raise ValueError with a precise message."""
         return options
+
+    @classmethod
+    def inner_handler(cls, options: dict) -> str | None:
+        """The handler this one hands the call on to, if it wraps one (record records another handler's call).
+
+        Its options are resolved like any handler's, for the same tenant, and given to this one as
+        ``options["inner"] = (name, class, options)``.
+        """
+        return None
+
+    @classmethod
+    def uses_connect_action(cls, options: dict) -> bool:
+        """True if this handler may decide what Twilio does after the stream ends (relay's spoken fallback).
+
+        The webhook then answers ``<Connect action=".../connect-action">`` for its calls.
+        """
+        return False
 
     def on_start(self, start) -> None:
         """Twilio's ``start`` arrived; ``self.call.parameters`` holds the call's context."""
