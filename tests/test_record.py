@@ -100,7 +100,8 @@ def test_kill_9_mid_call_leaves_no_file_under_a_final_name(start_daemon, tmp_pat
 def test_shutdown_mid_call_still_saves_a_complete_recording(start_daemon, tmp_path, speech):  # noqa: F811
     from twisted.internet import reactor
 
-    daemon = start_daemon("--handler", "record", "--record-dir", str(tmp_path))
+    # A drain that times out while the call goes on: the call is cut with 1001 and must still be saved.
+    daemon = start_daemon("--handler", "record", "--record-dir", str(tmp_path), "--drain-timeout", "0.5")
     script = long_call(speech, interval=0.01)
     call = play_call(reactor, daemon.url("/twilio-media", "ws"), script)
     yield daemon.wait_for_async(reactor, lambda e: e.get("event_name") == "record.started", 10)
@@ -109,7 +110,7 @@ def test_shutdown_mid_call_still_saves_a_complete_recording(start_daemon, tmp_pa
     outcome = yield call.addTimeout(15, reactor)
     assert outcome.close_code == 1001
     code = yield defer.maybeDeferred(daemon.wait_exit, 15)
-    assert code in (0, -signal.SIGTERM), "twist exits by the signal it was stopped with"
+    assert code == 0, "a drained daemon exits 0"
     event = daemon.wait_for(saved(daemon, script.call_sid), 5)
     meta = json.loads(open(event["sidecar"]).read())
     assert meta["endReason"] == "shutdown" and meta["framesIn"] > 20
