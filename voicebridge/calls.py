@@ -15,6 +15,8 @@ from twisted.logger import Logger
 
 from voicebridge import handlers as handler_registry
 from voicebridge import messages
+from voicebridge.callguards import CallGuards
+from voicebridge.capacity import Capacity
 from voicebridge.logs import mask_parameters, printable
 
 HANDSHAKE = "handshake"
@@ -28,6 +30,9 @@ CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL_ERROR = 1011
+
+# What Autobahn closes with when a peer breaks WebSocket itself, as protocol-error reasons.
+WEBSOCKET_FAILURES = {1002: "websocket-protocol", 1007: "invalid-utf8", 1009: "message-too-big"}
 
 log = Logger(namespace="voicebridge.call")
 
@@ -65,6 +70,8 @@ class Call:
         self.close_code: int | None = None
         self.finished = defer.Deferred()
         self._stop_done: defer.Deferred | None = None
+        self.guards = CallGuards(self, registry.limits, clock)
+        self._seconds = clock.seconds
         self._dispatch = {
             messages.Media: self._on_media,
             messages.Connected: self._on_connected,
@@ -86,6 +93,7 @@ class Call:
     # Events from the link.
 
     def opened(self) -> None:
+        self.guards.opened()
         log.info(
             "stream handshake accepted conn={conn} client={client}",
             event_name="handshake.accepted",
@@ -112,10 +120,15 @@ class Call:
     def binary_received(self, size: int) -> None:
         """Twilio sends only text frames (a binary frame is its warning 31950)."""
         self.protocol_error("binary-frame", f"a binary frame of {size} bytes; Media Streams use text frames only")
+        self.end_reason = self.end_reason or "binary-frame"
         self.link.close(CLOSE_UNSUPPORTED_DATA, "binary frames are not part of Media Streams")
 
-    def connection_lost(self, code: int | None, reason: str | None) -> None:
+    def connection_lost(self, code: int | None, reason: str | None, failed: bool = False) -> None:
+        """``failed``: the WebSocket layer closed because the peer broke WebSocket itself (1002, 1007, 1009)."""
         self.close_code = code
+        if failed and code in WEBSOCKET_FAILURES:
+            self.protocol_error(WEBSOCKET_FAILURES[code], printable(reason, 200))
+            self.end_reason = self.end_reason or WEBSOCKET_FAILURES[code]
         if self.state != STOPPED:
             self._end(self.end_reason or "closed")
         self.ended_at = self.registry.clock.seconds()
@@ -163,14 +176,20 @@ class Call:
         if self.state != HANDSHAKE:
             self.protocol_error("duplicate-start", f"start for {message.stream_sid} while {self.state}")
             return
-        self.state = STARTED
-        self.started_at = self.registry.clock.seconds()
         self.stream_sid = message.stream_sid
         self.call_sid = message.call_sid
         self.account_sid = message.account_sid
         self.parameters = {**self.query, **message.custom_parameters}
+        tenant, handler_name, handler_cls, options = self.registry.route(self.parameters)
+        over = self.registry.capacity.admit_start(self.call_sid, tenant)
+        if over is not None:
+            self.exceeded("tenant-limit", over, event_name="call.over_limit")
+            return
+        self.state = STARTED
+        self.started_at = self.registry.clock.seconds()
+        self.guards.started()
+        self.tenant, self.handler_name = tenant, handler_name
         try:
-            self.tenant, self.handler_name, handler_cls, options = self.registry.route(self.parameters)
             self.handler = handler_cls(self, options)
         except Exception as e:
             self.handler = None
@@ -194,6 +213,8 @@ class Call:
         self._handler("on_start", message)
 
     def _check_stream(self, message, event: str) -> bool:
+        if self.state == STOPPED and self.end_reason != "stop":
+            return False  # in flight when this side ended the call: expected, not the peer's fault
         if self.state != STARTED:
             self.protocol_error(
                 f"{event}-{'before-start' if self.state == HANDSHAKE else 'after-stop'}", f"{event} while {self.state}"
@@ -212,6 +233,7 @@ class Call:
             return
         self.frames_in += 1
         self.bytes_in += len(message.payload)
+        self.guards.last_media = self._seconds()
         try:
             self.handler.on_media(message.payload, message.timestamp)
         except Exception:
@@ -246,16 +268,16 @@ class Call:
             return
         self.frames_out += 1
         self.bytes_out += len(audio)
-        self.link.send_text(messages.media(self.stream_sid, audio))
+        self._send(messages.media(self.stream_sid, audio))
 
     def send_mark(self, name: str) -> None:
         if self.state == STARTED:
             self.marks_out += 1
-            self.link.send_text(messages.mark(self.stream_sid, name))
+            self._send(messages.mark(self.stream_sid, name))
 
     def clear(self) -> None:
         if self.state == STARTED:
-            self.link.send_text(messages.clear(self.stream_sid))
+            self._send(messages.clear(self.stream_sid))
 
     def hangup(self, reason: str = "hangup", code: int = CLOSE_NORMAL) -> None:
         """End the call: closing the stream makes Twilio leave <Connect> and, with nothing after it, hang up."""
@@ -263,9 +285,29 @@ class Call:
             self.end_reason = reason
         self.link.close(code, reason)
 
+    def exceeded(self, reason: str, detail: str, event_name: str = "call.timeout") -> None:
+        """A bound was crossed (a timeout, the send buffer, a tenant's limit): end the call now, close with 1008."""
+        if self.state == STOPPED:
+            return
+        log.warn(
+            "closing callSid={callSid} conn={conn} reason={reason}: {detail}",
+            event_name=event_name,
+            reason=reason,
+            detail=detail,
+            **self.ids,
+        )
+        self._end(reason)
+        self.link.close(CLOSE_POLICY, f"{reason}: {detail}")
+
     # Internals.
 
+    def _send(self, data: bytes) -> None:
+        if self.guards.paused and not self.guards.queue(len(data)):
+            return
+        self.link.send_text(data)
+
     def _end(self, reason: str) -> None:
+        self.guards.ended()
         if self.end_reason is None:
             self.end_reason = reason
         was_started = self.state == STARTED
@@ -339,6 +381,8 @@ class CallRegistry:
         self.draining = False
         self._conns = itertools.count(1)
         self._handlers = resolve_handlers(settings)
+        self.limits = settings.limits
+        self.capacity = Capacity(self.limits.max_calls, clock, self)
 
     def route(self, parameters: dict) -> tuple:
         """(tenant, handler name, handler class, options) for a call with these parameters."""
@@ -363,3 +407,16 @@ class CallRegistry:
     @property
     def active(self) -> int:
         return len(self.calls)
+
+    def census(self) -> tuple[int, int]:
+        """(started, in handshake): the calls that hold a slot."""
+        started = handshaking = 0
+        for call in self.calls:
+            if call.state == STARTED:
+                started += 1
+            elif call.state == HANDSHAKE:
+                handshaking += 1
+        return started, handshaking
+
+    def started_for(self, tenant_id: str) -> int:
+        return sum(1 for c in self.calls if c.state == STARTED and c.tenant is not None and c.tenant.id == tenant_id)

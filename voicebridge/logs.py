@@ -8,6 +8,7 @@ personal data: they are masked unless the operator asks to see them.
 from __future__ import annotations
 
 import re
+from urllib.parse import parse_qsl, urlencode
 
 _DIGITS = re.compile(r"\d")
 
@@ -33,6 +34,17 @@ def mask_parameters(parameters: dict, show: bool = False) -> dict:
     if show:
         return dict(parameters)
     return {k: (mask_number(v) if k in NUMBER_PARAMETERS else v) for k, v in parameters.items()}
+
+
+def mask_url(url: str, show: bool = False) -> str:
+    """A URL for the log: the values of number parameters in its query string masked (GET webhooks carry From/To)."""
+    if show or "?" not in url:
+        return url
+    base, query = url.split("?", 1)
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if not any(k in NUMBER_PARAMETERS for k, _ in pairs):
+        return url
+    return base + "?" + urlencode([(k, mask_number(v) if k in NUMBER_PARAMETERS else v) for k, v in pairs], safe="+*:")
 
 
 def printable(value, limit: int = 120) -> str:

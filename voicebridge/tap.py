@@ -6,7 +6,7 @@ import os
 
 from twisted.python import usage
 
-from voicebridge import handlers
+from voicebridge import handlers, limits
 from voicebridge.calls import resolve_handlers
 from voicebridge.config import DEFAULT_HANDLER, Config, ConfigError, Secret, Settings, load_config
 from voicebridge.publicurl import PublicURLError, PublicURLs, TrustedProxies, parse_public_url
@@ -49,6 +49,7 @@ class Options(usage.Options):
         ["handler", None, None, f"Handler for calls whose tenant names none (default: {DEFAULT_HANDLER})."],
         ["auth-token-file", None, None, "File holding the Twilio auth token (else TWILIO_AUTH_TOKEN)."],
         ["max-message-size", None, 64 * 1024, "Largest WebSocket message accepted, in bytes (closes with 1009).", int],
+        *limits.opt_parameters(),
     ]
     optFlags = [
         ["show-numbers", None, "Log phone numbers in full (masked by default)."],
@@ -98,6 +99,7 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
         if self["max-message-size"] < 1024:
             raise usage.UsageError("--max-message-size must be at least 1024 bytes")
+        self["limits"] = limits.from_options(self)
         self["handler_name"] = self["handler"] or self["config_obj"].handler or DEFAULT_HANDLER
         try:
             resolve_handlers(self.settings())
@@ -114,6 +116,7 @@ class Options(usage.Options):
             config=self["config_obj"],
             max_message_size=self["max-message-size"],
             show_numbers=bool(self["show-numbers"]),
+            limits=self["limits"],
         )
 
 
@@ -128,6 +131,6 @@ def makeService(options, reactor=None):
     settings = options.settings()
     urls = PublicURLs(settings.public_url, TrustedProxies(settings.trusted_proxies))
     registry = CallRegistry(settings, reactor)
-    admission = Admission(settings)
+    admission = Admission(settings, registry.capacity)
     site = build_site(settings, registry, admission, urls)
     return VoiceBridgeService(settings, registry, site, admission, urls, reactor)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from twisted.web.resource import NoResource, Resource
-from twisted.web.server import Site
 
+from voicebridge.channel import BoundedSite
 from voicebridge.health import Healthz, Readyz
 from voicebridge.media import MediaStreamFactory, StreamResource
 from voicebridge.webhook import VoiceWebhook
@@ -28,7 +28,7 @@ class Root(Resource):
         return NoResource("No such resource. voicebridge serves /voice, /twilio-media, /healthz and /readyz.")
 
 
-class VoiceSite(Site):
+class VoiceSite(BoundedSite):
     """A Site that names itself and never shows a traceback to a client."""
 
     displayTracebacks = False
@@ -46,4 +46,4 @@ def build_site(settings, registry, admission, urls) -> VoiceSite:
     root.putChild(urls.stream_path.strip("/").encode("ascii"), StreamResource(factory, admission, urls))
     root.putChild(b"healthz", Healthz())
     root.putChild(b"readyz", Readyz(registry))
-    return VoiceSite(root)
+    return VoiceSite(root, settings.limits, settings.show_numbers)
