@@ -1,4 +1,4 @@
-"""Who may come in: signature checks for webhooks and stream handshakes, and development mode.
+"""Who may come in: signature checks for webhooks and stream handshakes, development mode, capacity.
 
 One place decides, so the webhook and the stream refuse for the same reasons and log the same
 way: the status, a stable reason code, and the URL that was checked.
@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from twisted.logger import Logger
 
+from voicebridge.logs import mask_url
 from voicebridge.publicurl import is_loopback
 from voicebridge.signatures import SignatureChecker, stream_candidates
 
@@ -36,6 +37,7 @@ class Admission:
         self.settings = settings
         self.registry = registry  # whose ``draining`` turns every new webhook and stream away
         self.checker = SignatureChecker(settings.auth_token) if settings.auth_token else None
+        self.capacity = registry.capacity if registry is not None else None
 
     @property
     def draining(self) -> bool:
@@ -45,8 +47,9 @@ class Admission:
     def enforcing(self) -> bool:
         return self.checker is not None
 
-    def _development(self, peer: str) -> Refusal | None:
-        if is_loopback(peer):
+    def _development(self, client: str) -> Refusal | None:
+        """``client``: the peer, or behind a trusted proxy the address it forwarded for (a local nginx serves the world)."""
+        if is_loopback(client):
             return None
         return Refusal(
             403,
@@ -55,27 +58,28 @@ class Admission:
             "set TWILIO_AUTH_TOKEN or --auth-token-file to accept Twilio",
         )
 
-    def webhook(self, peer: str, url: str, form_pairs, signature: str | None, settings_header: str | None) -> Refusal | None:
+    def webhook(self, client: str, url: str, form_pairs, signature: str | None, settings_header: str | None) -> Refusal | None:
         if self.draining:
             return DRAINING
         if self.checker is None:
-            return self._development(peer)
+            return self._development(client)
+        shown = mask_url(url, self.settings.show_numbers)  # a GET webhook's query carries From and To
         if not signature:
-            return Refusal(403, "signature-missing", f"no X-Twilio-Signature header (checked url {url})")
+            return Refusal(403, "signature-missing", f"no X-Twilio-Signature header (checked url {shown})")
         if not self.checker.valid_webhook(url, form_pairs, signature, settings_header):
             return Refusal(
                 403,
                 "signature-invalid",
-                f"X-Twilio-Signature does not match url {url} with {len(form_pairs)} form parameters; "
+                f"X-Twilio-Signature does not match url {shown} with {len(form_pairs)} form parameters; "
                 "is --public-url the URL configured in Twilio?",
             )
         return None
 
-    def stream(self, peer: str, stream_url: str, query: str, signature: str | None) -> Refusal | None:
+    def stream(self, client: str, stream_url: str, query: str, signature: str | None) -> Refusal | None:
         if self.draining:
             return DRAINING
         if self.checker is None:
-            return self._development(peer)
+            return self._development(client) or self._handshake_capacity()
         candidates = stream_candidates(stream_url, query)
         if not signature:
             return Refusal(403, "signature-missing", f"no X-Twilio-Signature header (would check {candidates[0]})")
@@ -85,4 +89,13 @@ class Admission:
                 "signature-invalid",
                 f"X-Twilio-Signature matches none of {', '.join(candidates)}; is --public-url the URL configured in Twilio?",
             )
-        return None
+        return self._handshake_capacity()
+
+    def _handshake_capacity(self) -> Refusal | None:
+        over = self.capacity.admit_handshake() if self.capacity is not None else None
+        return Refusal(503, "over-capacity", over) if over else None
+
+    def call(self, call_sid: str | None, tenant) -> Refusal | None:
+        """At the webhook, once the request is known to be Twilio's: is there room for this call?"""
+        over = self.capacity.reserve(call_sid, tenant) if self.capacity is not None else None
+        return Refusal(503, "over-capacity", over) if over else None

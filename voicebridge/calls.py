@@ -15,7 +15,9 @@ from twisted.logger import Logger
 
 from voicebridge import handlers as handler_registry
 from voicebridge import messages
+from voicebridge.callguards import CallGuards
 from voicebridge.callstats import CallTotals
+from voicebridge.capacity import Capacity
 from voicebridge.connectaction import ConnectActions
 from voicebridge.logs import mask_number, mask_parameters, printable
 
@@ -30,6 +32,9 @@ CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL_ERROR = 1011
+
+# What Autobahn closes with when a peer breaks WebSocket itself, as protocol-error reasons.
+WEBSOCKET_FAILURES = {1002: "websocket-protocol", 1007: "invalid-utf8", 1009: "message-too-big"}
 
 log = Logger(namespace="voicebridge.call")
 
@@ -71,6 +76,8 @@ class Call:
         self.frame: bytes | None = None
         self.opening_frames: list[bytes] = []
         self.text_received = self._text_received_keeping_frames
+        self.guards = CallGuards(self, registry.limits, clock)
+        self._seconds = clock.seconds
         self._dispatch = {
             messages.Media: self._on_media,
             messages.Connected: self._on_connected,
@@ -92,6 +99,7 @@ class Call:
     # Events from the link.
 
     def opened(self) -> None:
+        self.guards.opened()
         log.info(
             "stream handshake accepted conn={conn} client={client}",
             event_name="handshake.accepted",
@@ -131,10 +139,15 @@ class Call:
     def binary_received(self, size: int) -> None:
         """Twilio sends only text frames (a binary frame is its warning 31950)."""
         self.protocol_error("binary-frame", f"a binary frame of {size} bytes; Media Streams use text frames only")
+        self.end_reason = self.end_reason or "binary-frame"
         self.link.close(CLOSE_UNSUPPORTED_DATA, "binary frames are not part of Media Streams")
 
-    def connection_lost(self, code: int | None, reason: str | None) -> None:
+    def connection_lost(self, code: int | None, reason: str | None, failed: bool = False) -> None:
+        """``failed``: the WebSocket layer closed because the peer broke WebSocket itself (1002, 1007, 1009)."""
         self.close_code = code
+        if failed and code in WEBSOCKET_FAILURES:
+            self.protocol_error(WEBSOCKET_FAILURES[code], printable(reason, 200))
+            self.end_reason = self.end_reason or WEBSOCKET_FAILURES[code]
         if self.state != STOPPED:
             self._end(self.end_reason or "closed")
         self.ended_at = self.registry.clock.seconds()
@@ -184,8 +197,6 @@ class Call:
         if self.state != HANDSHAKE:
             self.protocol_error("duplicate-start", f"start for {message.stream_sid} while {self.state}")
             return
-        self.state = STARTED
-        self.started_at = self.registry.clock.seconds()
         self.stream_sid = message.stream_sid
         self.call_sid = message.call_sid
         self.account_sid = message.account_sid
@@ -193,8 +204,7 @@ class Call:
         if self.frame is not None:
             self.opening_frames.append(self.frame)
         try:
-            self.tenant, self.handler_name, handler_cls, options = self.registry.route(self.parameters)
-            self.handler = handler_cls(self, options)
+            tenant, handler_name, handler_cls, options = self.registry.route(self.parameters)
         except NoTenant as e:
             log.warn(
                 "call refused callSid={callSid}: {reason}",
@@ -206,6 +216,16 @@ class Call:
             self.end_reason = "refused"
             self.link.close(CLOSE_POLICY, "no tenant for this call")
             return
+        over = self.registry.capacity.admit_start(self.call_sid, tenant)
+        if over is not None:
+            self.exceeded("tenant-limit", over, event_name="call.over_limit")
+            return
+        self.state = STARTED
+        self.started_at = self.registry.clock.seconds()
+        self.guards.started()
+        self.tenant, self.handler_name = tenant, handler_name
+        try:
+            self.handler = handler_cls(self, options)
         except Exception as e:
             self.handler = None
             log.failure("no handler for callSid={callSid}: {error}", error=str(e), **self.ids)
@@ -230,6 +250,8 @@ class Call:
         self._handler("on_start", message)
 
     def _check_stream(self, message, event: str) -> bool:
+        if self.state == STOPPED and self.end_reason != "stop":
+            return False  # in flight when this side ended the call: expected, not the peer's fault
         if self.state != STARTED:
             self.protocol_error(
                 f"{event}-{'before-start' if self.state == HANDSHAKE else 'after-stop'}", f"{event} while {self.state}"
@@ -248,6 +270,7 @@ class Call:
             return
         self.frames_in += 1
         self.bytes_in += len(message.payload)
+        self.guards.last_media = self._seconds()
         try:
             self.handler.on_media(message.payload, message.timestamp)
         except Exception:
@@ -282,16 +305,16 @@ class Call:
             return
         self.frames_out += 1
         self.bytes_out += len(audio)
-        self.link.send_text(messages.media(self.stream_sid, audio))
+        self._send(messages.media(self.stream_sid, audio))
 
     def send_mark(self, name: str) -> None:
         if self.state == STARTED:
             self.marks_out += 1
-            self.link.send_text(messages.mark(self.stream_sid, name))
+            self._send(messages.mark(self.stream_sid, name))
 
     def clear(self) -> None:
         if self.state == STARTED:
-            self.link.send_text(messages.clear(self.stream_sid))
+            self._send(messages.clear(self.stream_sid))
 
     def forward(self, message, data: bytes) -> None:
         """Send Twilio a frame an application built, byte for byte (a relay does); ``message`` is
@@ -354,9 +377,29 @@ class Call:
             self.end_reason = reason
         self.link.close(code, reason)
 
+    def exceeded(self, reason: str, detail: str, event_name: str = "call.timeout") -> None:
+        """A bound was crossed (a timeout, the send buffer, a tenant's limit): end the call now, close with 1008."""
+        if self.state == STOPPED:
+            return
+        log.warn(
+            "closing callSid={callSid} conn={conn} reason={reason}: {detail}",
+            event_name=event_name,
+            reason=reason,
+            detail=detail,
+            **self.ids,
+        )
+        self._end(reason)
+        self.link.close(CLOSE_POLICY, f"{reason}: {detail}")
+
     # Internals.
 
+    def _send(self, data: bytes) -> None:
+        if self.guards.paused and not self.guards.queue(len(data)):
+            return
+        self.link.send_text(data)
+
     def _end(self, reason: str) -> None:
+        self.guards.ended()
         if self.end_reason is None:
             self.end_reason = reason
         was_started = self.state == STARTED
@@ -471,6 +514,8 @@ class CallRegistry:
         self._conns = itertools.count(1)
         self._handlers = resolve_handlers(settings)
         self.connect_actions = ConnectActions(clock)
+        self.limits = settings.limits
+        self.capacity = Capacity(self.limits.max_calls, clock, self)
 
     def route(self, parameters: dict) -> tuple:
         """(tenant, handler name, handler class, options) for a call with these parameters; raises NoTenant."""
@@ -510,3 +555,16 @@ class CallRegistry:
     @property
     def active(self) -> int:
         return len(self.calls)
+
+    def census(self) -> tuple[int, int]:
+        """(started, in handshake): the calls that hold a slot."""
+        started = handshaking = 0
+        for call in self.calls:
+            if call.state == STARTED:
+                started += 1
+            elif call.state == HANDSHAKE:
+                handshaking += 1
+        return started, handshaking
+
+    def started_for(self, tenant_id: str) -> int:
+        return sum(1 for c in self.calls if c.state == STARTED and c.tenant is not None and c.tenant.id == tenant_id)

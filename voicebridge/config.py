@@ -10,6 +10,8 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 
+from voicebridge.limits import Limits
+
 DEFAULT_HANDLER = "echo"
 UNKNOWN_TENANT_POLICIES = ("default", "refuse")
 _TENANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -194,6 +196,7 @@ class Settings:
     max_message_size: int = 64 * 1024
     show_numbers: bool = False
     drain_timeout: float = 300.0
+    limits: Limits = field(default_factory=Limits)
 
     @property
     def development(self) -> bool:

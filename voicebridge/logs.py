@@ -8,7 +8,7 @@ personal data: they are masked unless the operator asks to see them.
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 _DIGITS = re.compile(r"\d")
 
@@ -43,6 +43,17 @@ def redact_url(url: str) -> str:
     host = f"[{host}]" if ":" in host else host
     netloc = host + (f":{parts.port}" if parts.port else "")
     return urlunsplit((parts.scheme, netloc, parts.path, "..." if parts.query else "", ""))
+
+
+def mask_url(url: str, show: bool = False) -> str:
+    """A URL for the log: the values of number parameters in its query string masked (GET webhooks carry From/To)."""
+    if show or "?" not in url:
+        return url
+    base, query = url.split("?", 1)
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if not any(k in NUMBER_PARAMETERS for k, _ in pairs):
+        return url
+    return base + "?" + urlencode([(k, mask_number(v) if k in NUMBER_PARAMETERS else v) for k, v in pairs], safe="+*:")
 
 
 def printable(value, limit: int = 120) -> str:

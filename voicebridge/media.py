@@ -15,7 +15,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 
 from voicebridge.calls import CLOSE_NORMAL
-from voicebridge.logs import printable
+from voicebridge.logs import mask_url, printable
 from voicebridge.publicurl import PublicURLError, RequestView, header
 
 log = Logger(namespace="voicebridge.stream")
@@ -66,7 +66,7 @@ class StreamResource(Resource):
             "host={host} x-forwarded-proto={xfp} signature={signed}",
             event_name="stream.request",
             method=printable(request.method),
-            uri=printable(view.uri),
+            uri=printable(mask_url(view.uri, self.admission.settings.show_numbers)),
             client=client,
             peer=view.peer,
             upgrade=printable(upgrade),
@@ -100,7 +100,7 @@ class StreamResource(Resource):
             stream_url = self.urls.stream_url(view)
         except PublicURLError as e:
             return self._refuse(request, client, 400, "bad-host", str(e))
-        refusal = self.admission.stream(view.peer, stream_url, query, header(request, b"x-twilio-signature"))
+        refusal = self.admission.stream(client, stream_url, query, header(request, b"x-twilio-signature"))
         if refusal is not None:
             return self._refuse(request, client, refusal.status, refusal.reason, refusal.message)
         return self._websocket.render(request)
@@ -159,6 +159,7 @@ class MediaStreamProtocol(WebSocketServerProtocol):
 
     def onOpen(self):
         self.call.opened()
+        self.call.guards.watch(self.transport)
 
     def onMessage(self, payload, isBinary):
         if isBinary:
@@ -168,8 +169,9 @@ class MediaStreamProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean, code, reason):
         if self.call is not None:
-            code = self.localCloseCode if self.closedByMe and self.localCloseCode else code
-            self.call.connection_lost(code, reason)
+            if self.closedByMe and self.localCloseCode:
+                code, reason = self.localCloseCode, self.localCloseReason
+            self.call.connection_lost(code, reason, failed=self.failedByMe)
             self.call = None
 
     def failHandshake(self, reason, code=400, responseHeaders=None):
@@ -207,12 +209,14 @@ class MediaStreamFactory(WebSocketServerFactory):
         super().__init__(server="voicebridge")
         self.registry = registry
         self.urls = urls
+        limits = settings.limits
         self.setProtocolOptions(
             maxMessagePayloadSize=settings.max_message_size,
             maxFramePayloadSize=settings.max_message_size,
-            openHandshakeTimeout=10,
+            failByDrop=False,  # a broken frame gets its close code (1002, 1007, 1009), not a bare TCP reset
+            openHandshakeTimeout=limits.handshake_timeout,
             closeHandshakeTimeout=5,
-            autoPingInterval=20,
-            autoPingTimeout=20,
+            autoPingInterval=limits.ping_interval,
+            autoPingTimeout=limits.ping_timeout,
             webStatus=False,
         )

@@ -28,6 +28,10 @@ def parse_public_url(url: str) -> str:
         raise PublicURLError(f"--public-url {url!r} must not carry a query string or fragment")
     if parts.username or parts.password:
         raise PublicURLError("--public-url must not carry credentials")
+    try:
+        parts.port  # noqa: B018 (urlsplit checks the port only when asked)
+    except ValueError:
+        raise PublicURLError(f"--public-url {url!r} has a port that is not 0-65535") from None
     return url.rstrip("/")
 
 
@@ -126,7 +130,8 @@ class PublicURLs:
             host = _first(view.forwarded_host) or host
         if scheme not in ("http", "https"):
             raise PublicURLError(f"X-Forwarded-Proto {scheme!r} is not http or https")
-        if not host or not _HOST.match(host):
+        match = _HOST.match(host) if host else None
+        if not match or (match.group(2) and int(match.group(2)[1:]) > 65535):
             raise PublicURLError(f"Host header {host!r:.80} is missing or not a host name")
         return f"{scheme}://{host}"
 

@@ -6,7 +6,9 @@ compares, with Twilio's own RequestValidator (port variants, constant-time compa
 
 from __future__ import annotations
 
-from twilio.request_validator import RequestValidator, get_signature_algorithm
+from twilio.request_validator import HMAC_SHA1, HMAC_SHA256, RequestValidator, get_signature_algorithm
+
+ALGORITHMS = (HMAC_SHA1, HMAC_SHA256)
 
 
 class _MultiParams:
@@ -52,7 +54,9 @@ class SignatureChecker:
         if not signature:
             return False
         algorithm = get_signature_algorithm(settings_header)
-        return self._validator.validate(url, _MultiParams(form_pairs), signature, algorithm)
+        if algorithm.upper() not in ALGORITHMS:
+            return False  # asked of RequestValidator, it would also write a warning to stderr per request
+        return self._validate(url, _MultiParams(form_pairs), signature, algorithm)
 
     def valid_stream(self, candidates: list[str], signature: str | None) -> str | None:
         """Stream handshake: Twilio signs the wss:// URL as written in the TwiML, with no params.
@@ -62,9 +66,26 @@ class SignatureChecker:
         if not signature:
             return None
         for url in candidates:
-            if self._validator.validate(url, {}, signature):
+            if self._validate(url, {}, signature) or self._validate(_with_tls_port(url), {}, signature):
                 return url
         return None
+
+    def _validate(self, url: str, params, signature: str, algorithm=None) -> bool:
+        """Never raises: a URL urllib cannot parse (a port out of range, a broken IPv6 host) matches nothing."""
+        try:
+            return self._validator.validate(url, params, signature, algorithm)
+        except ValueError:
+            return False
+
+
+def _with_tls_port(url: str) -> str:
+    """``wss://host/x`` -> ``wss://host:443/x``. RequestValidator tries the port variants with :443 only for
+    https (for wss it adds :80), so the TLS port is tried here, as for an https webhook."""
+    scheme, sep, rest = url.partition("://")
+    host, slash, path = rest.partition("/")
+    if scheme != "wss" or ":" in host.rsplit("]", 1)[-1]:
+        return url
+    return f"{scheme}{sep}{host}:443{slash}{path}"
 
 
 def stream_candidates(stream_url: str, query: str = "") -> list[str]:

@@ -6,7 +6,7 @@ import os
 
 from twisted.python import usage
 
-from voicebridge import handlers, tls
+from voicebridge import handlers, limits, tls
 from voicebridge.calls import handlers_in_use, resolve_handlers
 from voicebridge.config import DEFAULT_HANDLER, Config, ConfigError, Secret, Settings, load_config
 from voicebridge.publicurl import PublicURLError, PublicURLs, TrustedProxies, parse_public_url
@@ -63,6 +63,7 @@ class Options(usage.Options):
         ["auth-token-file", None, None, "File holding the Twilio auth token (else TWILIO_AUTH_TOKEN)."],
         ["max-message-size", None, 64 * 1024, "Largest WebSocket message accepted, in bytes (closes with 1009).", int],
         ["drain-timeout", None, 300.0, "On SIGTERM, seconds live calls may go on before they are closed with 1001.", float],
+        *limits.opt_parameters(),
         # Handler settings: each flag is one option of one handler (HANDLER_FLAGS), as in [handlers.NAME].
         ["record-dir", None, None, "record: directory for each call's WAV and JSON files."],
         ["record-handler", None, None, "record: the handler whose calls are recorded, e.g. echo or relay (default: none)."],
@@ -133,6 +134,7 @@ class Options(usage.Options):
                     raise usage.UsageError(f"--listen {description}: {e}") from None
         if self["max-message-size"] < 1024:
             raise usage.UsageError("--max-message-size must be at least 1024 bytes")
+        self["limits"] = limits.from_options(self)
         self["handler_name"] = self["handler"] or self["config_obj"].handler or DEFAULT_HANDLER
         try:
             resolved = resolve_handlers(self.settings())
@@ -166,6 +168,7 @@ class Options(usage.Options):
             max_message_size=self["max-message-size"],
             show_numbers=bool(self["show-numbers"]),
             drain_timeout=self["drain-timeout"],
+            limits=self["limits"],
         )
 
 

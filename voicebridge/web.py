@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from twisted.web.resource import NoResource, Resource
-from twisted.web.server import Site
 
+from voicebridge.channel import BoundedSite
 from voicebridge.connectaction import ACTION_PATH, ConnectActionResource, connect_action_url
 from voicebridge.health import Healthz, Readyz
 from voicebridge.media import MediaStreamFactory, StreamResource
@@ -42,7 +42,7 @@ class Root(Resource):
         )
 
 
-class VoiceSite(Site):
+class VoiceSite(BoundedSite):
     """A Site that names itself and never shows a traceback to a client."""
 
     displayTracebacks = False
@@ -67,4 +67,4 @@ def build_site(settings, registry, admission, urls) -> VoiceSite:
     root.putChild(b"healthz", Healthz())
     root.putChild(b"readyz", Readyz(registry))
     root.putChild(b"metrics", metrics.resource())
-    return VoiceSite(root)
+    return VoiceSite(root, settings.limits, settings.show_numbers)

@@ -20,10 +20,15 @@ log = Logger(namespace="voicebridge.webhook")
 FORM_TYPE = "application/x-www-form-urlencoded"
 # Context the webhook URL's query string may carry, besides businessId and plan, that is passed on.
 MAX_EXTRA_PARAMETERS = 20
+# Twilio posts a few dozen fields; every field costs signature work, so a form of thousands is refused.
+MAX_FORM_FIELDS = 500
 
 
 class FormError(ValueError):
-    pass
+    def __init__(self, message: str, status: int = 415, reason: str = "bad-form"):
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
 
 
 def parse_form(content_type: str | None, body: bytes) -> list[tuple[str, str]]:
@@ -37,7 +42,10 @@ def parse_form(content_type: str | None, body: bytes) -> list[tuple[str, str]]:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise FormError("the form body is not UTF-8") from None
-    return parse_qsl(text, keep_blank_values=True)
+    try:
+        return parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS)
+    except ValueError:
+        raise FormError(f"the form has more than {MAX_FORM_FIELDS} fields", 400, "too-many-fields") from None
 
 
 def call_parameters(query: dict[str, str], form: dict[str, str], tenant) -> dict[str, str]:
@@ -76,7 +84,7 @@ class VoiceWebhook(Resource):
         try:
             form_pairs = parse_form(header(request, b"content-type"), body)
         except FormError as e:
-            return self._error(request, 415, "bad-form", str(e))
+            return self._error(request, e.status, e.reason, str(e))
         return self._answer(request, form_pairs)
 
     def _answer(self, request, form_pairs):
@@ -106,6 +114,17 @@ class VoiceWebhook(Resource):
             )
             return self._twiml(request, twiml.reject())
 
+        over = self.admission.call(form.get("CallSid"), tenant)
+        if over is not None:
+            log.warn(
+                "webhook callSid={callSid} tenant={tenant} answered busy: {message}",
+                event_name="webhook.busy",
+                callSid=printable(call_sid, 40),
+                tenant=tenant.id if tenant is not None else "-",
+                message=over.message,
+            )
+            return self._twiml(request, twiml.busy())
+
         parameters, dropped = twiml.fit_parameters(call_parameters(query, form, tenant))
         for problem in dropped:
             log.warn("webhook callSid={callSid}: {problem}; not passed to the stream", callSid=call_sid, problem=problem)
@@ -129,7 +148,7 @@ class VoiceWebhook(Resource):
     def _refused(self, request, view, client, url, form_pairs, call_sid):
         """None if the request is Twilio's (or development mode lets it in), else the logged refusal."""
         refusal = self.admission.webhook(
-            view.peer,
+            client,
             url,
             form_pairs,
             header(request, b"x-twilio-signature"),

@@ -1,0 +1,94 @@
+"""How many calls this daemon carries, globally and per tenant, and whether one more fits.
+
+A call is decided three times, each time with what is known then:
+
+- the webhook knows the CallSid and the tenant: over a limit, the caller hears busy. Otherwise a
+  slot is *reserved* for that CallSid, so a burst of webhooks cannot all be answered
+  ``<Connect>`` for slots that only some of their streams will get;
+- the stream handshake knows neither (they arrive in ``start``): it is refused (503) when the
+  daemon is full;
+- ``start`` names the call and its tenant: it takes its reservation, and is closed when its
+  tenant is over the tenant's limit.
+
+Calls still in handshake state count against the global limit, since they hold a socket and a
+slot until ``start`` or the start timeout; a handshake is taken to be the stream of one of the
+reservations, so the load is ``started + max(reserved, handshaking)``. Tenants count started
+calls and their own reservations. A reservation lapses after ``RESERVATION_SECONDS`` if no
+stream claims it (Twilio could not reach the stream URL, say).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+RESERVATION_SECONDS = 30.0
+
+
+class Capacity:
+    def __init__(self, max_calls: int | None, clock, registry):
+        """``registry`` answers ``census()`` -> (started, handshaking) and ``started_for(tenant_id)``."""
+        self.max_calls = max_calls
+        self.clock = clock
+        self.registry = registry
+        self._reserved: dict[str, tuple[str | None, float]] = {}  # CallSid -> (tenant id, expiry)
+        self._anonymous = itertools.count(1)
+
+    # What the load is.
+
+    def _expire(self) -> None:
+        now = self.clock.seconds()
+        for sid in [sid for sid, (_, expires) in self._reserved.items() if expires <= now]:
+            del self._reserved[sid]
+
+    def counts(self) -> tuple[int, int, int]:
+        """(started, handshaking, reserved)."""
+        self._expire()
+        started, handshaking = self.registry.census()
+        return started, handshaking, len(self._reserved)
+
+    def _tenant_load(self, tenant_id: str, except_sid: str | None = None) -> int:
+        started = self.registry.started_for(tenant_id)
+        reserved = sum(1 for sid, (t, _) in self._reserved.items() if t == tenant_id and sid != except_sid)
+        return started + reserved
+
+    def _limited(self, tenant) -> bool:
+        return self.max_calls is not None or (tenant is not None and tenant.max_calls is not None)
+
+    # The three decisions. Each returns None to admit, else why not.
+
+    def reserve(self, call_sid: str | None, tenant) -> str | None:
+        """At the webhook: admit (and hold a slot for ``call_sid``) or say which limit is reached."""
+        if not self._limited(tenant):
+            return None
+        started, handshaking, reserved = self.counts()
+        if call_sid in self._reserved:
+            reserved -= 1  # Twilio asking again for the same call: it already holds its slot
+        if self.max_calls is not None and started + max(reserved + 1, handshaking) > self.max_calls:
+            return f"this daemon's limit of {self.max_calls} calls is reached (--max-calls)"
+        if tenant is not None and tenant.max_calls is not None:
+            if self._tenant_load(tenant.id, except_sid=call_sid) + 1 > tenant.max_calls:
+                return f"tenant {tenant.id}'s limit of {tenant.max_calls} calls is reached (max_calls)"
+        key = call_sid or f"anonymous-{next(self._anonymous)}"
+        self._reserved[key] = (tenant.id if tenant is not None else None, self.clock.seconds() + RESERVATION_SECONDS)
+        return None
+
+    def admit_handshake(self) -> str | None:
+        """At the stream handshake (this call is not yet among ``calls``)."""
+        if self.max_calls is None:
+            return None
+        started, handshaking, reserved = self.counts()
+        if started + max(reserved, handshaking + 1) > self.max_calls:
+            return (
+                f"this daemon's limit of {self.max_calls} calls is reached (--max-calls): "
+                f"{started} started, {handshaking} in handshake, {reserved} answered by the webhook and not yet started"
+            )
+        return None
+
+    def admit_start(self, call_sid: str, tenant) -> str | None:
+        """At ``start``: the call takes its reservation; refused when its tenant is full (the call is not yet STARTED)."""
+        self._expire()
+        self._reserved.pop(call_sid, None)
+        if tenant is not None and tenant.max_calls is not None:
+            if self._tenant_load(tenant.id) + 1 > tenant.max_calls:
+                return f"tenant {tenant.id}'s limit of {tenant.max_calls} calls is reached (max_calls)"
+        return None
