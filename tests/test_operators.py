@@ -12,6 +12,7 @@ from tests.fakes import new_call, registry
 from tests.http import call_form, post_form, request, upgrade_request
 from voicebridge import messages as m
 from voicebridge.callstats import CallTotals
+from voicebridge.limits import Limits
 from voicebridge.signatures import SignatureChecker
 from voicebridge.twiliosim import CallScript, play_call
 
@@ -106,7 +107,7 @@ def test_metrics_count_calls_refusals_media_and_webhooks(tenant_daemon):
 
 
 def test_call_totals_keep_outcomes_drops_errors_and_durations():
-    reg, clock = registry()
+    reg, clock = registry(limits=Limits(idle_timeout=3600))  # a 42 s silence is this test's, not a timeout
     stopped, link = new_call(reg)
     stopped.text_received(m.twilio_start(SID, CALL, ACC, {}))
     clock.advance(42)
