@@ -14,6 +14,7 @@ from voicebridge import __version__
 
 SUBCOMMANDS = {
     "sign": ("voicebridge.sign", "print the X-Twilio-Signature Twilio would send for a URL and form"),
+    "loadtest": ("voicebridge.loadtest", "simulate N Twilio calls against a stream URL and measure echo round trips"),
 }
 
 

@@ -17,6 +17,7 @@ from twisted.web.resource import Resource
 from voicebridge.calls import CLOSE_NORMAL
 from voicebridge.logs import printable
 from voicebridge.publicurl import PublicURLError, RequestView, header
+from voicebridge.wsfast import FastTextFrames
 
 log = Logger(namespace="voicebridge.stream")
 
@@ -136,8 +137,12 @@ class StreamResource(Resource):
         return f"{status}: {message}\n".encode("utf-8")
 
 
-class MediaStreamProtocol(WebSocketServerProtocol):
-    """Frames in, calls on a ``Call``; ``send_text`` and ``close`` out. No meaning here."""
+class MediaStreamProtocol(FastTextFrames, WebSocketServerProtocol):
+    """Frames in, calls on a ``Call``; ``send_text`` and ``close`` out. No meaning here.
+
+    ``FastTextFrames`` carries the common frame (one unfragmented text frame) both ways;
+    Autobahn everything else.
+    """
 
     call = None
 
@@ -182,7 +187,7 @@ class MediaStreamProtocol(WebSocketServerProtocol):
 
     def send_text(self, data: bytes) -> None:
         if self.state == self.STATE_OPEN:
-            self.sendMessage(data, isBinary=False)
+            self.send_text_message(data)
 
     def close(self, code: int, reason: str) -> None:
         if self.state == self.STATE_OPEN:
