@@ -58,7 +58,7 @@ def pinned(cores: str | None, command: list[str]) -> list[str]:
 # The servers under test. Each returns (command, env, loadtest extra args, cwd).
 
 
-def voicebridge_server(port: int):
+def voicebridge_server(port: int, source: Path = REPO):
     command = [
         sys.executable,
         "-m",
@@ -69,7 +69,18 @@ def voicebridge_server(port: int):
         "--public-url",
         PUBLIC,
     ]
-    return command, source_env({"TWILIO_AUTH_TOKEN": TOKEN}), ["--public-url", PUBLIC], REPO
+    env = source_env({"TWILIO_AUTH_TOKEN": TOKEN})
+    env["PYTHONPATH"] = os.pathsep.join([str(source), *env["PYTHONPATH"].split(os.pathsep)[1:]])
+    return command, env, ["--public-url", PUBLIC], source
+
+
+BASELINE: Path | None = None  # --baseline: another voicebridge checkout, e.g. main before a change
+
+
+def baseline_server(port: int):
+    if BASELINE is None:
+        raise SystemExit("bench: the baseline server needs --baseline DIR")
+    return voicebridge_server(port, BASELINE)
 
 
 def autobahn_server(port: int):
@@ -84,8 +95,14 @@ def fastify_server(port: int):
     return ["node", str(app / "server.js")], source_env({"PORT": str(port)}), [], app
 
 
-SERVERS = {"voicebridge": voicebridge_server, "autobahn": autobahn_server, "fastify": fastify_server}
-PYTHON_SERVERS = {"voicebridge", "autobahn"}
+SERVERS = {
+    "voicebridge": voicebridge_server,
+    "baseline": baseline_server,
+    "autobahn": autobahn_server,
+    "fastify": fastify_server,
+}
+PYTHON_SERVERS = {"voicebridge", "baseline", "autobahn"}
+SIGNED = {"voicebridge", "baseline"}
 
 
 class Server:
@@ -139,16 +156,21 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """utime + stime of these processes, in seconds (fields 14 and 15 of /proc/PID/stat)."""
-    total = 0
+def cpu_times(pids: list[int]) -> tuple[float, float]:
+    """(utime, stime) of these processes, in seconds (fields 14 and 15 of /proc/PID/stat)."""
+    user = system = 0
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
+        user += int(fields[11])
+        system += int(fields[12])
+    return user / CLK_TCK, system / CLK_TCK
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    return sum(cpu_times(pids))
 
 
 def run_load(server: Server, calls: int, duration: float, load_core: str | None, ramp: float | None, profile: Path | None):
@@ -157,7 +179,7 @@ def run_load(server: Server, calls: int, duration: float, load_core: str | None,
     command += ["--json", *server.load_args]
     if ramp is not None:
         command += ["--ramp", str(ramp)]
-    env = source_env({"TWILIO_AUTH_TOKEN": TOKEN} if server.name == "voicebridge" else None)
+    env = source_env({"TWILIO_AUTH_TOKEN": TOKEN} if server.name in SIGNED else None)
     load = subprocess.Popen(pinned(load_core, command), env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     marks: dict[str, tuple[float, float]] = {}
     spy: list[subprocess.Popen] = []
@@ -167,7 +189,7 @@ def run_load(server: Server, calls: int, duration: float, load_core: str | None,
             line = raw.decode("utf-8", "replace").rstrip()
             if "sending for" in line:
                 pids = process_tree(server.proc.pid)
-                marks["steady"] = (time.monotonic(), cpu_seconds(pids), pids)
+                marks["steady"] = (time.monotonic(), cpu_times(pids), pids)
                 if profile is not None:
                     out = profile / f"{server.name}-{calls}"
                     spy.append(
@@ -192,7 +214,7 @@ def run_load(server: Server, calls: int, duration: float, load_core: str | None,
                         )
                     )
             elif "sending done" in line and "steady" in marks:
-                marks["done"] = (time.monotonic(), cpu_seconds(marks["steady"][2]))
+                marks["done"] = (time.monotonic(), cpu_times(marks["steady"][2]))
             elif line:
                 print(f"    {server.name}: {line}", file=sys.stderr, flush=True)
 
@@ -205,8 +227,10 @@ def run_load(server: Server, calls: int, duration: float, load_core: str | None,
         p.wait(60)
     result = json.loads(out.decode()) if out.strip() else {"error": f"loadtest exited {load.returncode}"}
     if "steady" in marks and "done" in marks:
-        (t0, c0, _), (t1, c1) = marks["steady"], marks["done"]
-        result["server_cpu"] = (c1 - c0) / (t1 - t0)
+        (t0, (u0, s0), _), (t1, (u1, s1)) = marks["steady"], marks["done"]
+        result["server_cpu"] = (u1 - u0 + s1 - s0) / (t1 - t0)
+        result["server_cpu_user"] = (u1 - u0) / (t1 - t0)
+        result["server_cpu_system"] = (s1 - s0) / (t1 - t0)
     return result
 
 
@@ -237,6 +261,39 @@ def summarize_profile(path: Path, top: int = 25) -> str:
     return "\n".join(lines)
 
 
+# Where a sample's time went: the innermost frame that matches decides (see docs/benchmarks.md).
+SYSCALL_LEAVES = {"untilConcludes", "EPollReactor.doPoll", "_poll", "Connection.doRead", "write_now", "Connection.writeSomeData"}
+CATEGORIES = [
+    ("Twilio JSON and base64 (messages.py)", ("voicebridge/messages.py", "base64.py", "orjson")),
+    ("Call and handler (calls.py, handlers/)", ("voicebridge/calls.py", "voicebridge/handlers/")),
+    ("Autobahn debug-log formatting", ("autobahn/util.py", "click/", "txaio/")),
+    ("Autobahn send path", ("sendMessage (autobahn", "sendFrame (autobahn", "sendData (autobahn")),
+    ("Autobahn receive path", ("autobahn/",)),
+    ("fast path framing (wsfast.py, wsframes.py)", ("voicebridge/wsfast.py", "voicebridge/wsframes.py")),
+    ("Twisted reactor and transport", ("twisted/",)),
+]
+
+
+def categorize(path: Path) -> list[tuple[str, float]]:
+    """Share of samples per category, from py-spy's collapsed stacks."""
+    shares, total = Counter(), 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [_function(frame) for frame in stack.split(";")]
+        leaf = frames[-1].split(" (")[0]
+        name = "syscalls: epoll_wait, recv, send" if leaf in SYSCALL_LEAVES else None
+        for frame in reversed(frames):
+            if name:
+                break
+            name = next((c for c, marks in CATEGORIES if any(mark in frame for mark in marks)), None)
+        shares[name or "other"] += n
+    return [(name, 100 * n / total) for name, n in shares.most_common()] if total else []
+
+
 def fmt(value, spec=".2f"):
     return "-" if value is None else format(value, spec)
 
@@ -252,7 +309,12 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=1, help="repeat the whole rotation; figures are per round")
     parser.add_argument("--profile", metavar="DIR", help="record py-spy profiles of the Python servers into DIR")
     parser.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
+    parser.add_argument("--baseline", metavar="DIR", help="another voicebridge checkout, run as the server 'baseline'")
     args = parser.parse_args(argv)
+    global BASELINE
+    BASELINE = Path(args.baseline).resolve() if args.baseline else None
+    if BASELINE and "baseline" not in args.servers:
+        args.servers += ",baseline"
 
     calls_list = [int(c) for c in args.calls.split(",") if c]
     names = [n for n in args.servers.split(",") if n]
@@ -289,7 +351,7 @@ def main(argv=None) -> int:
     print()
     print(
         f"{'server':12} {'calls':>5} {'cpu/core':>8} {'cpu/call':>9} {'vs fastify':>10} {'p50 ms':>7} {'p99 ms':>7} "
-        f"{'max ms':>7} {'lost':>5} {'hs fail':>7} {'gen cpu':>7} {'calls/core*':>11}"
+        f"{'max ms':>7} {'lost':>5} {'hs fail':>7} {'gen cpu':>7} {'calls/core*':>11} {'user/sys':>9}"
     )
     for r in rows:
         cpu = r.get("server_cpu")
@@ -302,7 +364,9 @@ def main(argv=None) -> int:
             f"{r['server']:12} {r['calls']:>5} {fmt(cpu and 100 * cpu, '.1f'):>7}% {fmt(r['cpu_per_call_ms_per_s'], '.3f'):>9} "
             f"{fmt(r['ratio_vs_fastify']):>10} {fmt(rtt.get('p50')):>7} {fmt(rtt.get('p99')):>7} {fmt(rtt.get('max')):>7} "
             f"{r.get('frames_lost', '-'):>5} {r.get('handshake_failures', '-'):>7} "
-            f"{fmt(100 * r.get('generator', {}).get('cpu', 0), '.0f'):>6}% {fmt(r['calls_per_core_est'], 'd'):>11}"
+            f"{fmt(100 * r.get('generator', {}).get('cpu', 0), '.0f'):>6}% {fmt(r['calls_per_core_est'], 'd'):>11} "
+            f"{fmt(r.get('server_cpu_user') and 100 * r['server_cpu_user'], '.0f'):>4}/"
+            f"{fmt(r.get('server_cpu_system') and 100 * r['server_cpu_system'], '.0f')}"
         )
     print(
         "\ncpu/core: server CPU over the steady window, % of one core; cpu/call: ms of CPU per second per call;"
@@ -315,6 +379,9 @@ def main(argv=None) -> int:
         for path in sorted(profile.glob("*.txt")):
             print()
             print(summarize_profile(path))
+            print("  by category:")
+            for name, share in categorize(path):
+                print(f"  {share:5.1f}%  {name}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     print(f"\nserver logs: {log_dir}", file=sys.stderr)

@@ -160,6 +160,7 @@ class MediaStreamProtocol(FastTextFrames, WebSocketServerProtocol):
         return None
 
     def onOpen(self):
+        self.text_sink = self.call.text_received  # what onMessage does for text, without the hops
         self.call.opened()
 
     def onMessage(self, payload, isBinary):
@@ -172,7 +173,7 @@ class MediaStreamProtocol(FastTextFrames, WebSocketServerProtocol):
         if self.call is not None:
             code = self.localCloseCode if self.closedByMe and self.localCloseCode else code
             self.call.connection_lost(code, reason)
-            self.call = None
+            self.call = self.text_sink = None
 
     def failHandshake(self, reason, code=400, responseHeaders=None):
         log.warn(

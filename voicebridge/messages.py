@@ -216,14 +216,13 @@ def media_fields(data: bytes | str) -> tuple[str, bytes, int] | None:
     sequence = obj.get("sequenceNumber")
     if type(chunk) is not str or type(sequence) is not str:
         return None
+    digits = timestamp + chunk + sequence
     if not (
-        timestamp.isdigit()
-        and chunk.isdigit()
-        and sequence.isdigit()
-        and (timestamp + chunk + sequence).isascii()
-        and len(timestamp) <= 18
-        and len(chunk) <= 18
-        and len(sequence) <= 18
+        digits.isdigit()
+        and digits.isascii()
+        and 0 < len(timestamp) <= 18
+        and 0 < len(chunk) <= 18
+        and 0 < len(sequence) <= 18
     ):
         return None
     try:
