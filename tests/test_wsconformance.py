@@ -32,6 +32,8 @@ HANDSHAKE = (
     f"Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
 ).encode()
 MASK = b"\x37\xfa\x21\x3d"
+
+
 class Recorder:
     """Echoes every message; ``close-me`` and ``drop-me`` make the server end the connection mid-stream."""
 

@@ -218,11 +218,7 @@ def media_fields(data: bytes | str) -> tuple[str, bytes, int] | None:
         return None
     digits = timestamp + chunk + sequence
     if not (
-        digits.isdigit()
-        and digits.isascii()
-        and 0 < len(timestamp) <= 18
-        and 0 < len(chunk) <= 18
-        and 0 < len(sequence) <= 18
+        digits.isdigit() and digits.isascii() and 0 < len(timestamp) <= 18 and 0 < len(chunk) <= 18 and 0 < len(sequence) <= 18
     ):
         return None
     try:
