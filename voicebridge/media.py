@@ -163,6 +163,8 @@ class MediaStreamProtocol(FastTextFrames, WebSocketServerProtocol):
         self.text_sink = self.call.text_received  # what onMessage does for text, without the hops
         self.call.opened()
 
+    # Fast text frames skip this and go straight to ``text_sink`` (the call's text_received):
+    # what a frame means belongs in Call, not here.
     def onMessage(self, payload, isBinary):
         if isBinary:
             self.call.binary_received(len(payload))
