@@ -17,6 +17,7 @@ from twisted.web.resource import Resource
 from voicebridge.calls import CLOSE_NORMAL
 from voicebridge.logs import mask_url, printable
 from voicebridge.publicurl import PublicURLError, RequestView, header
+from voicebridge.wsfast import FastTextFrames
 
 log = Logger(namespace="voicebridge.stream")
 
@@ -139,8 +140,12 @@ class StreamResource(Resource):
         return f"{status}: {message}\n".encode("utf-8")
 
 
-class MediaStreamProtocol(WebSocketServerProtocol):
-    """Frames in, calls on a ``Call``; ``send_text`` and ``close`` out. No meaning here."""
+class MediaStreamProtocol(FastTextFrames, WebSocketServerProtocol):
+    """Frames in, calls on a ``Call``; ``send_text`` and ``close`` out. No meaning here.
+
+    ``FastTextFrames`` carries the common frame (one unfragmented text frame) both ways;
+    Autobahn everything else.
+    """
 
     call = None
 
@@ -158,9 +163,12 @@ class MediaStreamProtocol(WebSocketServerProtocol):
         return None
 
     def onOpen(self):
+        self.text_sink = self.call.text_received  # what onMessage does for text, without the hops
         self.call.opened()
         self.call.guards.watch(self.transport)
 
+    # Fast text frames skip this and go straight to ``text_sink`` (the call's text_received):
+    # what a frame means belongs in Call, not here.
     def onMessage(self, payload, isBinary):
         if isBinary:
             self.call.binary_received(len(payload))
@@ -172,7 +180,7 @@ class MediaStreamProtocol(WebSocketServerProtocol):
             if self.closedByMe and self.localCloseCode:
                 code, reason = self.localCloseCode, self.localCloseReason
             self.call.connection_lost(code, reason, failed=self.failedByMe)
-            self.call = None
+            self.call = self.text_sink = None
 
     def failHandshake(self, reason, code=400, responseHeaders=None):
         self.factory.registry.handshake_refused("invalid-handshake")
@@ -188,7 +196,7 @@ class MediaStreamProtocol(WebSocketServerProtocol):
 
     def send_text(self, data: bytes) -> None:
         if self.state == self.STATE_OPEN:
-            self.sendMessage(data, isBinary=False)
+            self.send_text_message(data)
 
     def close(self, code: int, reason: str) -> None:
         if self.state == self.STATE_OPEN:

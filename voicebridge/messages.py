@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 from dataclasses import dataclass, field
 
 import orjson
@@ -190,6 +191,43 @@ def _parse_stop(obj):
     )
 
 
+def media_fields(data: bytes | str) -> tuple[str, bytes, int] | None:
+    """(streamSid, audio, timestamp) of a ``media`` frame in Twilio's own shape, else None.
+
+    The receive hot path: no message object, no counters parsed that nobody reads. None is not
+    an error, only "not the common case": ``parse`` then gives the full answer. Whatever this
+    accepts, ``parse`` accepts with the same values (tests/test_messages.py checks both).
+    """
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    if type(obj) is not dict or obj.get("event") != "media":
+        return None
+    media = obj.get("media")
+    sid = obj.get("streamSid")
+    if type(media) is not dict or type(sid) is not str or not sid:
+        return None
+    payload = media.get("payload")
+    timestamp = media.get("timestamp")
+    if type(payload) is not str or type(timestamp) is not str:
+        return None
+    chunk = media.get("chunk")  # parse() refuses a frame with a bad counter: so does this
+    sequence = obj.get("sequenceNumber")
+    if type(chunk) is not str or type(sequence) is not str:
+        return None
+    digits = timestamp + chunk + sequence
+    if not (
+        digits.isdigit() and digits.isascii() and 0 < len(timestamp) <= 18 and 0 < len(chunk) <= 18 and 0 < len(sequence) <= 18
+    ):
+        return None
+    try:
+        audio = binascii.a2b_base64(payload, strict_mode=True)
+    except ValueError:
+        return None
+    return sid, audio, int(timestamp)
+
+
 _PARSERS = {
     "connected": _parse_connected,
     "start": _parse_start,
@@ -221,10 +259,17 @@ def parse(data: bytes | str):
 
 
 def media(stream_sid: str, audio: bytes) -> bytes:
-    """A ``media`` message carrying raw mu-law audio (base64-encoded here)."""
-    return orjson.dumps(
-        {"event": "media", "streamSid": stream_sid, "media": {"payload": base64.b64encode(audio).decode("ascii")}}
-    )
+    """A ``media`` message carrying raw mu-law audio (base64-encoded here).
+
+    Byte for byte ``orjson.dumps({"event": "media", "streamSid": .., "media": {"payload": ..}})``,
+    assembled from a per-stream head: this runs for every frame sent.
+    """
+    return _media_head(stream_sid) + binascii.b2a_base64(audio, newline=False) + b'"}}'
+
+
+@functools.lru_cache(maxsize=8192)
+def _media_head(stream_sid: str) -> bytes:
+    return b'{"event":"media","streamSid":' + orjson.dumps(stream_sid) + b',"media":{"payload":"'
 
 
 def mark(stream_sid: str, name: str) -> bytes:
@@ -260,6 +305,28 @@ def parse_outbound(data: bytes | str):
     if not isinstance(event, str) or not event:
         raise MessageError("missing-event", "the object has no string 'event'")
     return Unknown(event=event[:64], raw=obj)
+
+
+_MEDIA_HEAD = b'{"event":"media",'
+_PAYLOAD_KEY = b'"payload":"'
+
+
+def outbound_media_payload(data: bytes) -> bytes | None:
+    """The base64 payload of a compact ``media`` message an application sent, without parsing it.
+
+    For readers of many frames (the load tester). None when the message is not in the compact
+    form that orjson, ``JSON.stringify`` and ``media()`` write: then ``parse_outbound`` decides.
+    """
+    if not data.startswith(_MEDIA_HEAD):
+        return None
+    start = data.find(_PAYLOAD_KEY)
+    if start < 0:
+        return None
+    start += len(_PAYLOAD_KEY)
+    end = data.find(b'"', start)
+    if end < 0 or data.find(b"\\", start, end) >= 0:
+        return None
+    return data[start:end]
 
 
 # What Twilio sends, for code that plays Twilio.
@@ -306,6 +373,19 @@ def twilio_media(stream_sid: str, audio: bytes, chunk: int, timestamp: int, sequ
                 "payload": base64.b64encode(audio).decode("ascii"),
             },
         }
+    )
+
+
+def twilio_media_template(stream_sid: str) -> bytes:
+    """``twilio_media`` as a bytes %-template, for senders of many frames (the load tester).
+
+    ``template % (sequence_number, chunk, timestamp, base64_payload_bytes)`` is byte for byte
+    what ``twilio_media`` returns, without building and serialising a dict per frame.
+    """
+    sid = orjson.dumps(stream_sid).replace(b"%", b"%%")
+    return (
+        b'{"event":"media","sequenceNumber":"%d","streamSid":' + sid + b',"media":{"track":"inbound",'
+        b'"chunk":"%d","timestamp":"%d","payload":"%s"}}'
     )
 
 

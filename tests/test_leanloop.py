@@ -1,0 +1,147 @@
+"""voicebridge/leanloop.py: the lean poll step dispatches like Twisted's, and write_now keeps Twisted's order."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, protocol
+from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.selectreactor import SelectReactor
+
+from voicebridge import leanloop
+
+
+class Reader:
+    """A minimal IReadDescriptor over one end of a socketpair."""
+
+    def __init__(self, sock, fail=False):
+        self.sock = sock
+        self.fail = fail
+        self.read = []
+        self.lost = []
+
+    def fileno(self):
+        return self.sock.fileno()
+
+    def doRead(self):
+        if self.fail:
+            raise RuntimeError("boom")
+        self.read.append(self.sock.recv(100))
+
+    def connectionLost(self, reason):
+        self.lost.append(reason)
+
+    def logPrefix(self):
+        return "Reader"
+
+
+@pytest.fixture
+def epoll():
+    reactor = EPollReactor()
+    yield reactor
+    for reader in list(reactor.getReaders()):
+        reactor.removeReader(reader)
+    reactor._poller.close()
+
+
+def test_install_only_on_epoll_and_only_once(epoll):
+    assert leanloop.install(epoll) is True
+    step = epoll.doIteration
+    assert leanloop.install(epoll) is True and epoll.doIteration == step
+    assert leanloop.install(SelectReactor()) is False
+
+
+def test_events_reach_doread_and_a_failing_reader_is_disconnected_not_the_loop(epoll):
+    leanloop.install(epoll)
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    good, bad = Reader(b), Reader(d, fail=True)
+    epoll.addReader(good)
+    epoll.addReader(bad)
+    a.send(b"hello")
+    c.send(b"x")
+    for _ in range(3):
+        epoll.doIteration(0.1)
+    assert good.read == [b"hello"] and not good.lost
+    assert bad.lost, "the reactor's own error handling disconnected the failing reader"
+    assert bad not in epoll.getReaders() and good in epoll.getReaders()
+    epoll.removeReader(good)
+    for s in (a, b, c, d):
+        s.close()
+
+
+class Capture(protocol.Protocol):
+    def connectionMade(self):
+        self.factory.connected.callback(self)
+
+
+@pytest.fixture
+def tcp_pair():
+    """A server-side Twisted transport and the blocking client socket at its other end."""
+    from twisted.internet import reactor
+
+    factory = protocol.Factory.forProtocol(Capture)
+    factory.connected = defer.Deferred()
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    client = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5)
+    yield factory.connected, client
+    client.close()
+    port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_write_now_reaches_the_peer_before_the_reactor_turns(tcp_pair):
+    connected, client = tcp_pair
+    server = yield connected
+    leanloop.write_now(server.transport, b"now")
+    assert client.recv(100) == b"now"
+    server.transport.loseConnection()
+
+
+@pytest_twisted.inlineCallbacks
+def test_write_now_queues_behind_buffered_bytes(tcp_pair):
+    from twisted.internet import reactor
+
+    connected, client = tcp_pair
+    server = yield connected
+    server.transport.write(b"first,")  # buffered until the reactor turns
+    leanloop.write_now(server.transport, b"second")
+    client.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        client.recv(100)
+    client.setblocking(True)
+    yield defer.Deferred.fromCoroutine(_turn(reactor))
+    assert _read(client, 12) == b"first,second"
+    server.transport.loseConnection()
+
+
+@pytest_twisted.inlineCallbacks
+def test_write_now_after_the_peer_left_does_not_raise(tcp_pair):
+    from twisted.internet import reactor
+
+    connected, client = tcp_pair
+    server = yield connected
+    client.close()
+    yield defer.Deferred.fromCoroutine(_turn(reactor))
+    for _ in range(3):
+        leanloop.write_now(server.transport, b"x" * 1000)
+        yield defer.Deferred.fromCoroutine(_turn(reactor))
+    server.transport.loseConnection()
+
+
+async def _turn(reactor):
+    from twisted.internet import task
+
+    await task.deferLater(reactor, 0.05, lambda: None)
+
+
+def _read(sock, n):
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data

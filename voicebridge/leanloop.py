@@ -1,0 +1,88 @@
+"""Two per-frame costs of Twisted's that no protocol can avoid, and the way around each.
+
+**The poll step.** Twisted's ``EPollReactor.doPoll`` hands every ready socket to ``log.callWithLogger``, which asks
+the connection for its log prefix and copies the legacy log context into a new one around the
+call: about 1.3 microseconds per event. A media stream is one event per 20 ms frame, so at
+250 calls that wrapper alone was about a tenth of the daemon's CPU (docs/benchmarks.md).
+
+``install(reactor)`` gives an ``EPollReactor`` a poll step that dispatches each event to the
+reactor's own ``_doReadOrWrite`` (which still catches and logs what doRead/doWrite raise, and
+disconnects as before), minus that wrapper. The one thing lost is the legacy ``system`` field
+(a connection's log prefix) on legacy ``twisted.python.log`` messages emitted inside I/O
+callbacks; voicebridge logs through ``twisted.logger``, whose events never carried it.
+Other reactors are left alone.
+
+**Writes.** ``transport.write`` always buffers until the reactor's next turn: two epoll_ctl
+calls and a reactor round per frame. ``write_now`` sends at once when nothing is queued.
+"""
+
+from __future__ import annotations
+
+import errno
+import types
+
+from twisted.logger import Logger
+
+log = Logger(namespace="voicebridge.leanloop")
+
+
+def install(reactor) -> bool:
+    """Use the lean poll step on ``reactor`` if it is Twisted's epoll reactor; True if it was."""
+    try:
+        from twisted.internet.epollreactor import EPollReactor
+    except ImportError:  # not Linux
+        return False
+    if type(reactor) is not EPollReactor:
+        return False
+    if getattr(reactor.doIteration, "__func__", None) is not _poll:
+        reactor.doIteration = types.MethodType(_poll, reactor)
+    return True
+
+
+def _poll(self, timeout):
+    """``EPollReactor.doPoll``, the same but for ``log.callWithLogger`` around each event."""
+    if timeout is None:
+        timeout = -1
+    try:
+        events = self._poller.poll(timeout, len(self._selectables))
+    except OSError as e:
+        if e.errno == errno.EINTR:
+            return
+        raise
+    dispatch = self._doReadOrWrite
+    selectables = self._selectables
+    for fd, event in events:
+        selectable = selectables.get(fd)
+        if selectable is not None:
+            try:
+                dispatch(selectable, fd, event)
+            except Exception:  # what callWithLogger caught: never let one socket stop the loop
+                log.failure("unhandled error handling an event for {selectable}", selectable=selectable)
+
+
+def write_now(transport, data: bytes) -> None:
+    """``transport.write(data)``, but straight to the kernel when nothing is queued before it.
+
+    Twisted buffers every write until the reactor's next turn: two epoll_ctl calls and a
+    reactor round per frame, for a frame the socket could take at once. When the transport is
+    a plain TCP connection with an empty buffer, send now; whatever the socket does not take
+    (or any error) goes through ``transport.write`` as usual, so ordering and loss detection
+    stay Twisted's.
+    """
+    sock = getattr(transport, "socket", None)
+    if (
+        sock is not None
+        and not transport.dataBuffer
+        and not transport._tempDataLen
+        and transport.connected
+        and not transport.disconnecting
+        and not transport._writeDisconnected
+    ):
+        try:
+            sent = sock.send(data)
+        except OSError:  # EAGAIN, or a lost connection that Twisted will report
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
