@@ -21,9 +21,13 @@ from __future__ import annotations
 import errno
 import types
 
+from twisted.internet import tcp
 from twisted.logger import Logger
 
 log = Logger(namespace="voicebridge.leanloop")
+
+# The transports whose ``socket`` is theirs to write: accepted and outgoing TCP connections.
+_PLAIN_TCP = (tcp.Server, tcp.Client)
 
 
 def install(reactor) -> bool:
@@ -69,9 +73,10 @@ def write_now(transport, data: bytes) -> None:
     (or any error) goes through ``transport.write`` as usual, so ordering and loss detection
     stay Twisted's.
     """
-    sock = getattr(transport, "socket", None)
+    # Only a plain TCP connection: a wrapper (TLS) forwards unknown attributes to the transport
+    # beneath it, so ``.socket`` there is the raw socket, and bytes sent to it would skip TLS.
     if (
-        sock is not None
+        type(transport) in _PLAIN_TCP
         and not transport.dataBuffer
         and not transport._tempDataLen
         and transport.connected
@@ -79,7 +84,7 @@ def write_now(transport, data: bytes) -> None:
         and not transport._writeDisconnected
     ):
         try:
-            sent = sock.send(data)
+            sent = transport.socket.send(data)
         except OSError:  # EAGAIN, or a lost connection that Twisted will report
             sent = 0
         if sent == len(data):
