@@ -73,7 +73,8 @@ def test_start_round_trips(stream_sid, call_sid, params):
     assert (parsed.stream_sid, parsed.call_sid, parsed.custom_parameters) == (stream_sid, call_sid, params)
 
 
-@given(st.text(alphabet=st.characters(blacklist_characters="="), min_size=1, max_size=40))
+# No lone surrogates: JSON carrying one is not UTF-8, so it is (rightly) invalid-json before base64.
+@given(st.text(alphabet=st.characters(blacklist_characters="=", blacklist_categories=("Cs",)), min_size=1, max_size=40))
 def test_a_payload_that_is_not_base64_is_named_as_such(payload):
     try:
         base64.b64decode(payload, validate=True)
