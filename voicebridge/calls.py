@@ -18,8 +18,9 @@ from voicebridge import messages
 from voicebridge.callguards import CallGuards
 from voicebridge.callstats import CallTotals
 from voicebridge.capacity import Capacity
+from voicebridge.config import NoTenant
 from voicebridge.connectaction import ConnectActions
-from voicebridge.logs import mask_number, mask_parameters, printable
+from voicebridge.logs import mask_parameters, printable
 
 HANDSHAKE = "handshake"
 STARTED = "started"
@@ -209,7 +210,7 @@ class Call:
             log.warn(
                 "call refused callSid={callSid}: {reason}",
                 event_name="call.no_tenant",
-                reason=str(e),
+                reason=e.describe(self.registry.show_numbers),
                 parameters=mask_parameters(self.parameters, self.registry.show_numbers),
                 **self.ids,
             )
@@ -496,10 +497,6 @@ def handlers_in_use(resolved: dict) -> set[str]:
     return names
 
 
-class NoTenant(LookupError):
-    """The call names no known tenant, and the config refuses unknown tenants."""
-
-
 class CallRegistry:
     """The calls this process carries, and how a call finds its tenant and handler."""
 
@@ -519,13 +516,7 @@ class CallRegistry:
 
     def route(self, parameters: dict) -> tuple:
         """(tenant, handler name, handler class, options) for a call with these parameters; raises NoTenant."""
-        business_id, number = parameters.get("businessId"), parameters.get("to")
-        tenant = self.config.tenant_for(business_id, number)
-        if tenant is None and self.config.tenants and self.config.unknown_tenant == "refuse":
-            raise NoTenant(
-                f"businessId {printable(business_id, 64)} and number {mask_number(number, self.show_numbers) or '-'} "
-                'match no tenant, and unknown tenants are refused (unknown_tenant = "refuse")'
-            )
+        tenant = self.config.tenant_for(parameters.get("businessId"), parameters.get("to"))
         name, cls, options = self._handlers[tenant.id if tenant is not None else None]
         return tenant, name, cls, options
 

@@ -12,6 +12,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 
 from voicebridge import twiml
+from voicebridge.config import NoTenant
 from voicebridge.logs import mask_number, printable
 from voicebridge.publicurl import PublicURLError, RequestView, header
 
@@ -102,15 +103,17 @@ class VoiceWebhook(Resource):
             return refused
 
         query = dict(reversed(parse_qsl(urlsplit(view.uri).query, keep_blank_values=True)))
-        tenant = self.config.tenant_for(query.get("businessId"), form.get("To"))
         show = self.settings.show_numbers
-        if tenant is None and self.config.tenants and self.config.unknown_tenant == "refuse":
+        try:
+            tenant = self.config.tenant_for(query.get("businessId"), form.get("To"))
+        except NoTenant as e:
             log.warn(
-                "webhook callSid={callSid} to={to} businessId={businessId}: no tenant, and unknown tenants are refused",
+                "webhook callSid={callSid} answered <Reject/>: {reason}",
                 event_name="webhook.no_tenant",
                 callSid=call_sid,
                 to=mask_number(form.get("To"), show),
                 businessId=printable(query.get("businessId")),
+                reason=e.describe(show),
             )
             return self._twiml(request, twiml.reject())
 
