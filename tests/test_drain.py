@@ -45,6 +45,9 @@ def test_sigterm_drains_a_live_call_then_exits_0(start_daemon):
     assert status == 503 and headers["x-voicebridge-diagnosis"] == "draining" and b"draining" in body
     status, headers, _ = yield _in_thread(upgrade_request, daemon.port)
     assert status == 503 and headers["x-voicebridge-diagnosis"] == "draining"
+    # Twilio's <Connect action> belongs to a live call: it is served (and still checked).
+    status, _, body = yield _in_thread(post_form, daemon.port, "/connect-action", call_form(CallStatus="in-progress"))
+    assert status == 200 and b"<Hangup />" in body
     refused = yield daemon.wait_for_async(
         reactor, lambda e: e.get("event_name") == "handshake.refused" and e.get("reason") == "draining"
     )

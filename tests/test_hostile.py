@@ -248,7 +248,11 @@ HTTP_CASES = {
         413,
         b"body-too-large",
     ),
-    "huge-query-string": (b"GET /voice?" + b"x=1&" * 3000 + b" HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n", 403, None),
+    "huge-query-string": (
+        b"GET /voice?" + b"x=1&" * 3000 + b" HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        400,
+        b"too-many-fields",
+    ),
     "request-line-over-16k": (b"GET /voice?" + b"x" * 17000 + b" HTTP/1.1\r\nHost: h\r\n\r\n", 414, b"request-line-too-long"),
     "header-over-16k": (b"GET /healthz HTTP/1.1\r\nHost: h\r\nX-Big: " + b"b" * 17000 + b"\r\n\r\n", 431, b"header-too-large"),
     "too-many-headers": (

@@ -58,8 +58,11 @@ class Admission:
             "set TWILIO_AUTH_TOKEN or --auth-token-file to accept Twilio",
         )
 
-    def webhook(self, client: str, url: str, form_pairs, signature: str | None, settings_header: str | None) -> Refusal | None:
-        if self.draining:
+    def webhook(
+        self, client: str, url: str, form_pairs, signature: str | None, settings_header: str | None, live_call: bool = False
+    ) -> Refusal | None:
+        """``live_call``: the request is about a call already in progress (``<Connect action>``): no drain refusal."""
+        if self.draining and not live_call:
             return DRAINING
         if self.checker is None:
             return self._development(client)

@@ -543,6 +543,9 @@ class CallRegistry:
     def handshake_refused(self, reason: str) -> None:
         self.totals.refused(reason)
 
+    def webhook_refused(self, endpoint: str, reason: str) -> None:
+        self.totals.webhook_refused(endpoint, reason)
+
     @property
     def active(self) -> int:
         return len(self.calls)

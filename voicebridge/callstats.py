@@ -26,6 +26,7 @@ class CallTotals:
         self.dropped: Counter = Counter()  # tenant -> started calls whose stream went away without stop
         self.errors: Counter = Counter()  # reason -> protocol and handler errors
         self.refusals: Counter = Counter()  # reason -> refused stream handshakes
+        self.webhook_refusals: Counter = Counter()  # (endpoint, reason) -> refused webhook and connect-action requests
         self.frames_in = self.frames_out = 0
         self.bytes_in = self.bytes_out = 0
         self.duration_counts = [0] * len(DURATION_BUCKETS)  # per bucket, not cumulative
@@ -53,6 +54,9 @@ class CallTotals:
 
     def refused(self, reason: str) -> None:
         self.refusals[reason] += 1
+
+    def webhook_refused(self, endpoint: str, reason: str) -> None:
+        self.webhook_refusals[(endpoint, reason)] += 1
 
     @property
     def durations(self) -> list[tuple[float, int]]:

@@ -64,6 +64,12 @@ class CallCollector:
             totals.dropped,
         )
         yield _counter("voicebridge_handshake_refusals", "Stream upgrades refused, by reason", ["reason"], totals.refusals)
+        yield _counter(
+            "voicebridge_webhook_refusals",
+            "Webhook and connect-action requests refused, by endpoint and reason",
+            ["endpoint", "reason"],
+            totals.webhook_refusals,
+        )
         errors = Counter(totals.errors)
         for call in live:
             errors.update(call.errors)
