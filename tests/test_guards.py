@@ -247,3 +247,18 @@ def test_a_tenant_with_no_calls_allowed():
     config = parse_config({"tenants": {"off": {"numbers": ["+15550300"], "max_calls": 0}}})
     reg, _ = registry(config)
     assert reg.capacity.reserve("CA1", config.tenants["off"]) is not None
+
+
+def test_frames_a_relay_forwards_count_against_the_send_buffer_too():
+    reg, _ = registry(limits=Limits(max_send_buffer=16 * 1024))
+    call, link = new_call(reg)
+    start(call)
+    call.guards.pauseProducing()
+    frame = m.media(SID, b"\x7f" * 160)
+    message = m.parse_outbound(frame)
+    for _ in range(1000):
+        if link.closed is not None:
+            break
+        call.forward(message, frame)
+    assert call.end_reason == "slow-reader" and link.closed[0] == 1008
+    assert len(link.sent) == (16 * 1024) // len(frame), "queued up to the limit, not one frame more"

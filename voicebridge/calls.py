@@ -328,7 +328,7 @@ class Call:
             self.bytes_out += len(message.payload)
         elif kind is messages.Mark:
             self.marks_out += 1
-        self.link.send_text(data)
+        self._send(data)
 
     def watch_outbound(self, watcher) -> None:
         """Let ``watcher`` hear what this call sends Twilio: ``sent_audio(audio)``, ``sent_mark(name)``, ``sent_clear()``.
