@@ -92,7 +92,8 @@ class Call:
     # What log lines about this call carry.
     @property
     def ids(self) -> dict:
-        return {"callSid": self.call_sid or "-", "conn": self.conn}
+        """The SID is the peer's text: escaped, so a newline in it cannot forge a log line."""
+        return {"callSid": printable(self.call_sid, 64), "conn": self.conn}
 
     def __repr__(self):
         return f"<Call conn={self.conn} callSid={self.call_sid} state={self.state}>"
@@ -240,7 +241,7 @@ class Call:
             "call started callSid={callSid} streamSid={streamSid} tenant={tenant} handler={handler} "
             "tracks={tracks} format={media_format} parameters={parameters}",
             event_name="call.started",
-            streamSid=self.stream_sid,
+            streamSid=printable(self.stream_sid, 64),
             tenant=self.tenant.id if self.tenant else "-",
             handler=self.handler_name,
             tracks=",".join(message.tracks),
