@@ -250,6 +250,7 @@ class Call:
             **self.ids,
         )
         self._handler("on_start", message)
+        self.opening_frames = []  # a handler that wants them took them in on_start
 
     def _check_stream(self, message, event: str) -> bool:
         if self.state == STOPPED and self.end_reason != "stop":
