@@ -225,13 +225,20 @@ class Call:
         self.state = STARTED
         self.started_at = self.registry.clock.seconds()
         self.guards.started()
-        self.tenant, self.handler_name = tenant, handler_name
+        self.handler_name = handler_name
         try:
             self.handler = handler_cls(self, options)
-        except Exception as e:
+        except Exception:
             self.handler = None
-            log.failure("no handler for callSid={callSid}: {error}", error=str(e), **self.ids)
-            self.end_reason = "error"
+            self.errors["handler-error"] += 1
+            log.failure(
+                "handler {handler} could not be created for callSid={callSid}; hanging up",
+                event_name="call.handler_error",
+                handler=handler_name,
+                method="__init__",
+                **self.ids,
+            )
+            self._end("error")  # ended before the frames in flight arrive: they are dropped quietly
             self.link.close(CLOSE_INTERNAL_ERROR, "no handler for this call")
             return
         if not self.handler.wants_frames:
@@ -411,7 +418,12 @@ class Call:
             self._stop_done = defer.maybeDeferred(self.handler.on_stop, self.end_reason)
             self._stop_done.addErrback(
                 lambda f: log.failure(
-                    "handler {handler} failed to stop callSid={callSid}", f, handler=self.handler_name, **self.ids
+                    "handler {handler} failed to stop callSid={callSid}",
+                    f,
+                    event_name="call.handler_error",
+                    handler=self.handler_name,
+                    method="on_stop",
+                    **self.ids,
                 )
             )
         else:
@@ -427,6 +439,7 @@ class Call:
         self.errors["handler-error"] += 1
         log.failure(
             "handler {handler}.{method} failed callSid={callSid}; hanging up",
+            event_name="call.handler_error",
             handler=self.handler_name,
             method=method,
             **self.ids,
