@@ -47,19 +47,23 @@ class Talker(Handler):
 
 
 @pytest.fixture
-def test_handlers(monkeypatch):
+def extra_handlers(monkeypatch):
     monkeypatch.setitem(handlers.BUILTIN, "frametaker", "tests.test_handler_interface:FrameTaker")
     monkeypatch.setitem(handlers.BUILTIN, "talker", "tests.test_handler_interface:Talker")
     FrameTaker.seen.clear()
 
 
-def test_a_handler_that_wants_frames_sees_them_byte_for_byte(test_handlers):
+def test_a_handler_that_wants_frames_sees_them_byte_for_byte(extra_handlers):
     reg, _ = registry(handler="frametaker")
     call, _ = new_call(reg)
     connected, start = m.twilio_connected(), m.twilio_start(SID, CALL, ACC, {"k": "v"})
     media = b'{"event": "media", "streamSid": "%s", "media": {"payload": "AAEC", "timestamp": "0"}}' % SID.encode()
     dtmf, stop = m.twilio_dtmf(SID, "7", 4), m.twilio_stop(SID, CALL, ACC, 5)
-    for frame in (connected, start, media, dtmf, stop):
+    call.text_received(connected)
+    call.text_received(start)
+    assert FrameTaker.seen == [("opening", [connected, start])]
+    assert call.opening_frames == [], "taken in on_start; the raw start frame is not kept for the whole call"
+    for frame in (media, dtmf, stop):
         call.text_received(frame)
     assert FrameTaker.seen == [("opening", [connected, start]), ("media", media), ("dtmf", dtmf), ("stop", stop)]
     assert call.frame is None, "the frame is kept only while it is dispatched"
@@ -89,7 +93,7 @@ class Watcher:
         self.heard.append(("clear",))
 
 
-def test_watchers_hear_what_the_call_sends_including_forwarded_frames(test_handlers):
+def test_watchers_hear_what_the_call_sends_including_forwarded_frames(extra_handlers):
     reg, _ = registry(handler="talker")
     call, link = new_call(reg)
     watcher = Watcher()

@@ -63,7 +63,8 @@ class Call:
         self.handler_name: str | None = None
         clock = registry.clock
         self.opened_at = clock.seconds()
-        self.started_at: float | None = None
+        self.start_received = False  # Twilio's start arrived (the call may still have been refused)
+        self.started_at: float | None = None  # ... and was accepted: the call is STARTED
         self.ended_at: float | None = None
         self.frames_in = self.frames_out = 0
         self.bytes_in = self.bytes_out = 0
@@ -205,6 +206,7 @@ class Call:
         self.parameters = {**self.query, **message.custom_parameters}
         if self.frame is not None:
             self.opening_frames.append(self.frame)
+        self.start_received = True
         try:
             tenant, handler_name, handler_cls, options = self.registry.route(self.parameters)
         except NoTenant as e:
@@ -215,9 +217,10 @@ class Call:
                 parameters=mask_parameters(self.parameters, self.registry.show_numbers),
                 **self.ids,
             )
-            self.end_reason = "refused"
+            self._end("refused")  # frames still in flight are the ended call's, not protocol errors
             self.link.close(CLOSE_POLICY, "no tenant for this call")
             return
+        self.tenant = tenant
         over = self.registry.capacity.admit_start(self.call_sid, tenant)
         if over is not None:
             self.exceeded("tenant-limit", over, event_name="call.over_limit")

@@ -35,7 +35,8 @@ class CallTotals:
     def ended(self, call) -> None:
         tenant = tenant_label(call)
         started = call.started_at is not None
-        outcome = (call.end_reason or "closed") if started else NO_START
+        # A call refused at start (no tenant, tenant-limit) got a start: its outcome is why it was refused.
+        outcome = (call.end_reason or "closed") if call.start_received else NO_START
         self.calls[(tenant, outcome)] += 1
         if started and outcome == "closed":
             self.dropped[tenant] += 1

@@ -53,7 +53,8 @@ class CallCollector:
         yield active
         yield _counter(
             "voicebridge_calls",
-            "Calls ended, by tenant and outcome (stop, closed, hangup, error, shutdown, ...; no-start: closed before start)",
+            "Calls ended, by tenant and outcome (stop, closed, hangup, error, shutdown, refused, tenant-limit, ...; "
+            "no-start: closed before start arrived)",
             ["tenant", "outcome"],
             totals.calls,
         )
