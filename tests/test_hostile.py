@@ -734,14 +734,17 @@ def test_the_token_and_the_numbers_stay_out_of_the_log(start_daemon):
     post_form(d.port, "/voice", call_form(from_=number), {"X-Twilio-Signature": SIGNER.sign(f"{PUBLIC}/voice", call_form())})
     hostile.exchange(d.port, b"GET /voice?From=" + number.encode() + b"&" + b"x" * 17000 + b" HTTP/1.1\r\n\r\n")
     upgrade_request(d.port, "/twilio-media?to=%2B15557654321")  # a stream url with a query (not Twilio's)
+    upgrade_request(d.port, "/twilio-media?to=%2B15557654321", {"X-Twilio-Signature": SIGNER.sign(STREAM_URL + "?x=1")})
     d.wait_for(lambda e: e.get("event_name") == "http.refused")
+    forged = d.wait_for(lambda e: e.get("event_name") == "handshake.refused" and e.get("reason") == "signature-invalid")
+    assert "twilio-media?to=+1555*****21" in forged["message"], "the candidate URLs are shown, numbers masked"
     access = [e for e in d.named("http.access") if e["uri"].startswith("/voice?")]
     assert access and all("*****" in e["uri"] for e in access), "the access log masks numbers in the query"
     assert number not in d.output and number.replace("+", "%2B") not in d.output
     assert TOKEN not in d.output
     shown = start_daemon("--public-url", PUBLIC, "--show-numbers", env={"TWILIO_AUTH_TOKEN": TOKEN})
     request(shown.port, "GET", path, headers={"X-Twilio-Signature": SIGNER.sign(PUBLIC + path)})
-    shown.wait_for(lambda e: e.get("event_name") == "webhook.answered")
+    shown.wait_for(lambda e: e.get("event_name") == "http.access" and e.get("uri", "").startswith("/voice?"))
     assert number.replace("+", "%2B") in shown.output, "--show-numbers shows them"
 
 

@@ -87,10 +87,11 @@ class Admission:
         if not signature:
             return Refusal(403, "signature-missing", f"no X-Twilio-Signature header (would check {candidates[0]})")
         if self.checker.valid_stream(candidates, signature) is None:
+            shown = ", ".join(mask_url(url, self.settings.show_numbers) for url in candidates)  # a query may carry numbers
             return Refusal(
                 403,
                 "signature-invalid",
-                f"X-Twilio-Signature matches none of {', '.join(candidates)}; is --public-url the URL configured in Twilio?",
+                f"X-Twilio-Signature matches none of {shown}; is --public-url the URL configured in Twilio?",
             )
         return self._handshake_capacity()
 
