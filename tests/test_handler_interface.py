@@ -4,6 +4,9 @@ import json
 import os
 
 import pytest
+from twisted.internet import task
+from twisted.internet.interfaces import IReactorThreads
+from zope.interface import implementer
 
 from tests.fakes import new_call, registry
 from voicebridge import handlers
@@ -264,3 +267,63 @@ def test_a_recording_that_cannot_start_hangs_the_call_up(tmp_path):
     call.text_received(m.twilio_start(SID, CALL, ACC))
     assert link.closed == (1011, "handler error") and call.errors["handler-error"] == 1
     assert call.finished.called and not directory.exists()
+
+
+@implementer(IReactorThreads)
+class ThreadedClock(task.Clock):
+    """A fake clock that, like the reactor, has a thread pool: work sent to it waits until the test runs it."""
+
+    def __init__(self):
+        super().__init__()
+        self.jobs = []
+
+    def getThreadPool(self):
+        return self
+
+    def callInThreadWithCallback(self, on_result, f, *args, **kwargs):
+        self.jobs.append((on_result, f, args, kwargs))
+
+    def callFromThread(self, f, *args, **kwargs):
+        f(*args, **kwargs)
+
+    def run_jobs(self):
+        while self.jobs:
+            on_result, f, args, kwargs = self.jobs.pop(0)
+            on_result(True, f(*args, **kwargs))
+
+
+def test_a_call_ending_inside_a_send_leaves_the_finishing_recording_alone(tmp_path):
+    """A slow reader ends the call inside echo's send: the recording is finishing in a thread, and must
+    hear nothing more from the reactor (the send that ended the call included)."""
+    from voicebridge.calls import CallRegistry
+    from voicebridge.limits import Limits
+
+    clock = ThreadedClock()
+    reg = CallRegistry(
+        Settings(
+            listen=[],
+            handler="record",
+            handler_options={"record": {"dir": str(tmp_path), "handler": "echo"}},
+            limits=Limits(max_send_buffer=16 * 1024),
+        ),
+        clock,
+    )
+    call, link = new_call(reg)
+    call.text_received(m.twilio_start(SID, CALL, ACC))
+    recording = call.handler.recording
+    call.guards.pauseProducing()  # Twilio stopped reading what is sent to it
+    i = 0
+    while not clock.jobs and i < 1000:
+        call.text_received(m.twilio_media(SID, b"\x05" * 160, i + 1, i * 20, i + 2))
+        i += 1
+    assert call.end_reason == "slow-reader" and len(clock.jobs) == 1, "the recording is being finished in a thread"
+    assert recording.finishing
+    sent_while_finishing = dict(recording.counts)
+    call.text_received(m.twilio_media(SID, b"\x05" * 160, i + 1, i * 20, i + 2))  # one more in flight
+    call.handler.sent_audio(b"\x05" * 160)  # a watcher call after finishing began is a no-op
+    assert recording.counts == sent_while_finishing
+    clock.run_jobs()
+    meta = json.loads((tmp_path / f"{CALL}-{SID}.json").read_text())
+    assert meta["endReason"] == "slow-reader" and meta["framesIn"] == i
+    assert meta["framesOut"] == sent_while_finishing["framesOut"] == i - 1, "the send that ended the call is not in it"
+    assert call.finished.called

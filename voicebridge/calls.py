@@ -354,27 +354,38 @@ class Call:
         self.clear = self._clear_watched
         self.forward = self._forward_watched
 
+    # Each checks the state again after sending: the send may have ended the call (a slow reader),
+    # and a watcher must not hear what was never sent once it began stopping.
+
     def _send_audio_watched(self, audio: bytes) -> None:
         if self.state == STARTED:
             Call.send_audio(self, audio)
+            if self.state != STARTED:
+                return
             for watcher in self._watchers:
                 watcher.sent_audio(audio)
 
     def _send_mark_watched(self, name: str) -> None:
         if self.state == STARTED:
             Call.send_mark(self, name)
+            if self.state != STARTED:
+                return
             for watcher in self._watchers:
                 watcher.sent_mark(name)
 
     def _clear_watched(self) -> None:
         if self.state == STARTED:
             Call.clear(self)
+            if self.state != STARTED:
+                return
             for watcher in self._watchers:
                 watcher.sent_clear()
 
     def _forward_watched(self, message, data: bytes) -> None:
         if self.state == STARTED:
             Call.forward(self, message, data)
+            if self.state != STARTED:
+                return
             kind = type(message)
             for watcher in self._watchers:
                 if kind is messages.Media:

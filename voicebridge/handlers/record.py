@@ -105,15 +105,15 @@ class RecordHandler(Handler):
     # What the call sends (Call.watch_outbound).
 
     def sent_audio(self, audio: bytes) -> None:
-        if self.recording is not None and not self.recording.closed:
-            self.recording.sent(audio)
+        if self.recording is not None:
+            self.recording.sent(audio)  # a no-op once the recording is finishing
 
     def sent_mark(self, name: str) -> None:
-        if self.recording is not None and not self.recording.closed:
+        if self.recording is not None:
             self.recording.mark_sent(name)
 
     def sent_clear(self) -> None:
-        if self.recording is not None and not self.recording.closed:
+        if self.recording is not None:
             self.recording.cleared()
 
     # The end: the inner handler stops first (it may still send), then the files are completed.
@@ -145,6 +145,7 @@ class RecordHandler(Handler):
             "stoppedAt": _iso(clock.seconds()),
             "endReason": reason,
         }
+        recording.finishing = True  # here, on the reactor's thread: nothing reaches the recording from now on
         if IReactorThreads.providedBy(clock):
             # fsync can take a while on a busy disk: not on the reactor's thread.
             saving = threads.deferToThreadPool(clock, clock.getThreadPool(), recording.finish, sidecar)
