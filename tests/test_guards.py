@@ -184,11 +184,20 @@ def test_reservations_lapse():
     assert reg.capacity.reserve("CA2", None) is None
 
 
-def test_reservations_are_kept_only_under_a_limit():
-    reg, _ = registry()
+def test_without_a_limit_reservations_are_kept_but_bounded(monkeypatch):
+    """A drain needs them (the streams of calls just answered), so they are kept; they lapse, and are capped."""
+    from voicebridge import capacity
+
+    reg, clock = registry()
     for i in range(1000):
         assert reg.capacity.reserve(f"CA{i}", None) is None
-    assert reg.capacity.counts() == (0, 0, 0)
+    assert reg.capacity.counts() == (0, 0, 1000)
+    clock.advance(RESERVATION_SECONDS)
+    assert reg.capacity.counts() == (0, 0, 0) and reg.capacity.next_expiry() is None
+    monkeypatch.setattr(capacity, "MAX_RESERVATIONS", 10)
+    for i in range(20):
+        reg.capacity.reserve(f"CA{i}", None)
+    assert reg.capacity.counts() == (0, 0, 10)
 
 
 def test_handshakes_count_and_are_refused_when_full():

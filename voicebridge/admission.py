@@ -79,7 +79,9 @@ class Admission:
         return None
 
     def stream(self, client: str, stream_url: str, query: str, signature: str | None) -> Refusal | None:
-        if self.draining:
+        """During a drain, a handshake is still taken while a call the webhook answered has not connected:
+        it is that call's stream (reservations lapse after capacity.RESERVATION_SECONDS)."""
+        if self.draining and not (self.capacity is not None and self.capacity.expecting_stream()):
             return DRAINING
         if self.checker is None:
             return self._development(client) or self._handshake_capacity()
