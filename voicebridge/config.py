@@ -215,6 +215,8 @@ class Settings:
     show_numbers: bool = False
     drain_timeout: float = 300.0
     limits: Limits = field(default_factory=Limits)
+    # --listen ssl:... description -> its tls.ReloadableTLS, built and checked once at start-up.
+    tls: dict = field(default_factory=dict, repr=False)
 
     @property
     def development(self) -> bool:

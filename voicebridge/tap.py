@@ -122,16 +122,13 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
         if not 0 <= self["drain-timeout"] <= 86400:
             raise usage.UsageError("--drain-timeout must be between 0 and 86400 seconds")
+        self["tls"] = {}
         for description in self["listen"]:
             if tls.is_ssl(description):
-                try:
-                    spec = tls.parse_ssl(description)
+                try:  # read and checked by OpenSSL once, here: unusable files stop start-up with the flag named
+                    self["tls"][description] = tls.build(description)
                 except tls.TLSConfigError as e:
                     raise usage.UsageError(str(e)) from None
-                try:
-                    tls.load_material(spec.private_key, spec.cert_key, spec.extra_chain)  # unusable files stop start-up here
-                except tls.TLSConfigError as e:
-                    raise usage.UsageError(f"--listen {description}: {e}") from None
         if self["max-message-size"] < 1024:
             raise usage.UsageError("--max-message-size must be at least 1024 bytes")
         self["limits"] = limits.from_options(self)
@@ -169,6 +166,7 @@ class Options(usage.Options):
             show_numbers=bool(self["show-numbers"]),
             drain_timeout=self["drain-timeout"],
             limits=self["limits"],
+            tls=dict(self["tls"]),
         )
 
 
