@@ -141,7 +141,7 @@ def test_fly_toml():
     options = daemon_options(fly["processes"]["app"])
     assert options["public-url"].startswith("https://")
     assert fly["kill_timeout"] <= 300, "Fly's maximum"
-    assert fly["kill_timeout"] >= options["drain-timeout"] + Drain.grace, "Fly must wait for the drain to finish"
+    assert fly["kill_timeout"] >= options["limits"].drain_timeout + Drain.grace, "Fly must wait for the drain to finish"
     assert service["concurrency"]["hard_limit"] > 25, "Fly's default of 25 connections would cap calls per machine"
 
 
@@ -152,7 +152,7 @@ def test_render_yaml():
     assert service["healthCheckPath"] == "/healthz"
     options = daemon_options(service["dockerCommand"])
     assert 1 <= service["maxShutdownDelaySeconds"] <= 300
-    assert service["maxShutdownDelaySeconds"] >= options["drain-timeout"] + Drain.grace
+    assert service["maxShutdownDelaySeconds"] >= options["limits"].drain_timeout + Drain.grace
     assert {"key": "TWILIO_AUTH_TOKEN", "sync": False} in service["envVars"]
     assert service["plan"] != "free", "a free instance sleeps and cannot answer calls"
 
@@ -162,7 +162,7 @@ def test_railway_toml():
     deploy = railway["deploy"]
     options = daemon_options(deploy["startCommand"])
     assert deploy["healthcheckPath"] in ("/healthz", "/readyz")
-    assert deploy["drainingSeconds"] >= options["drain-timeout"] + Drain.grace
+    assert deploy["drainingSeconds"] >= options["limits"].drain_timeout + Drain.grace
     assert railway["build"]["builder"] == "DOCKERFILE"
 
 

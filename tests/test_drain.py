@@ -120,7 +120,7 @@ def test_drain_timeout_option_is_checked(start_daemon):
     daemon = Daemon(["--drain-timeout", "-1"])
     daemon.start(wait=False)
     assert daemon.wait_exit(30) != 0
-    assert "--drain-timeout must be between 0 and 86400 seconds" in daemon.output
+    assert "--drain-timeout must be between 0 and 86400, got -1.0" in daemon.output
 
 
 # The Drain on a fake clock.

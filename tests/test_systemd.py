@@ -140,7 +140,7 @@ def test_unit_runs_the_daemon_as_documented(unit, tmp_path, pki):
     options.parseOptions([a.replace("%d", str(credentials)).replace("/etc/voicebridge/tls", str(tls_dir)) for a in argv[2:]])
     assert options["auth_token"] == "token-from-systemd"
     assert settings["LoadCredential"] == ["twilio-auth-token:/etc/voicebridge/twilio-auth-token"]
-    drain = options["drain-timeout"]
+    drain = options["limits"].drain_timeout
     stop = float(settings["TimeoutStopSec"][0])
     assert stop > drain + Drain.grace, f"TimeoutStopSec={stop} must outlast the drain ({drain}s) and its close handshakes"
 

@@ -211,13 +211,11 @@ class Settings:
     handler: str = DEFAULT_HANDLER
     handler_options: dict = field(default_factory=dict)
     config: Config = field(default_factory=Config)
-    max_message_size: int = 64 * 1024
     show_numbers: bool = False
-    drain_timeout: float = 300.0
     limits: Limits = field(default_factory=Limits)
     # --listen ssl:... description -> its tls.ReloadableTLS, built and checked once at start-up.
     tls: dict = field(default_factory=dict, repr=False)
 
     @property
-    def development(self) -> bool:
-        return not self.auth_token
+    def max_message_size(self) -> int:
+        return self.limits.max_message_size

@@ -18,13 +18,13 @@ from twisted.logger import Logger
 
 from voicebridge.calls import CLOSE_GOING_AWAY, CLOSE_HANDSHAKE_TIMEOUT
 from voicebridge.handlers.relay import CLOSE_GRACE
+from voicebridge.limits import Limits
 from voicebridge.notify import notify
 
 log = Logger(namespace="voicebridge.service")
 
 # After 1001: the WebSocket close handshake, then a relay's close to its application, then a margin
 # for a handler that saves (a recording's fsync and rename).
-DEFAULT_TIMEOUT = 300.0
 GRACE = CLOSE_HANDSHAKE_TIMEOUT + CLOSE_GRACE + 2.0
 
 
@@ -32,7 +32,7 @@ class Drain:
     progress_interval = 30.0  # how often a long drain says how far it is
     grace = GRACE
 
-    def __init__(self, registry, clock, timeout: float = DEFAULT_TIMEOUT):
+    def __init__(self, registry, clock, timeout: float = Limits.drain_timeout):
         self.registry = registry
         self.clock = clock
         self.timeout = timeout

@@ -94,7 +94,7 @@ class VoiceBridgeService(MultiService):
         self.urls = urls
         self.reactor = reactor
         self.listeners = []
-        self.drain = Drain(registry, reactor, settings.drain_timeout)
+        self.drain = Drain(registry, reactor, settings.limits.drain_timeout)
         for description in settings.listen:
             listener = ListenService(description, site, reactor, settings.tls.get(description))
             listener.setServiceParent(self)

@@ -61,8 +61,6 @@ class Options(usage.Options):
         ["config", "c", None, "TOML file with tenants and handler settings."],
         ["handler", None, None, f"Handler for calls whose tenant names none (default: {DEFAULT_HANDLER})."],
         ["auth-token-file", None, None, "File holding the Twilio auth token (else TWILIO_AUTH_TOKEN)."],
-        ["max-message-size", None, 64 * 1024, "Largest WebSocket message accepted, in bytes (closes with 1009).", int],
-        ["drain-timeout", None, 300.0, "On SIGTERM, seconds live calls may go on before they are closed with 1001.", float],
         *limits.opt_parameters(),
         # Handler settings: each flag is one option of one handler (HANDLER_FLAGS), as in [handlers.NAME].
         ["record-dir", None, None, "record: directory for each call's WAV and JSON files."],
@@ -120,8 +118,6 @@ class Options(usage.Options):
             self["config_obj"] = load_config(self["config"]) if self["config"] else Config()
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
-        if not 0 <= self["drain-timeout"] <= 86400:
-            raise usage.UsageError("--drain-timeout must be between 0 and 86400 seconds")
         self["tls"] = {}
         for description in self["listen"]:
             if tls.is_ssl(description):
@@ -129,8 +125,6 @@ class Options(usage.Options):
                     self["tls"][description] = tls.build(description)
                 except tls.TLSConfigError as e:
                     raise usage.UsageError(str(e)) from None
-        if self["max-message-size"] < 1024:
-            raise usage.UsageError("--max-message-size must be at least 1024 bytes")
         self["limits"] = limits.from_options(self)
         self["handler_name"] = self["handler"] or self["config_obj"].handler or DEFAULT_HANDLER
         try:
@@ -162,9 +156,7 @@ class Options(usage.Options):
             handler=self["handler_name"],
             handler_options=self.handler_options(),
             config=self["config_obj"],
-            max_message_size=self["max-message-size"],
             show_numbers=bool(self["show-numbers"]),
-            drain_timeout=self["drain-timeout"],
             limits=self["limits"],
             tls=dict(self["tls"]),
         )
