@@ -327,3 +327,19 @@ def test_a_call_ending_inside_a_send_leaves_the_finishing_recording_alone(tmp_pa
     assert meta["endReason"] == "slow-reader" and meta["framesIn"] == i
     assert meta["framesOut"] == sent_while_finishing["framesOut"] == i - 1, "the send that ended the call is not in it"
     assert call.finished.called
+
+
+def test_handlers_are_resolved_once_at_start_up(monkeypatch, tmp_path):
+    """Options resolve and check every handler; the registry (and check-config) use that, not a second pass."""
+    from voicebridge.calls import CallRegistry
+    from voicebridge.tap import Options
+
+    loads = []
+    real_load = handlers.load
+    monkeypatch.setattr(handlers, "load", lambda name: loads.append(name) or real_load(name))
+    options = Options()
+    options.parseOptions(["--handler", "record", "--record-dir", str(tmp_path), "--record-handler", "echo"])
+    assert loads, "start-up checks the handlers"
+    loads.clear()
+    registry = CallRegistry(options.settings(), task.Clock())
+    assert loads == [] and registry.route({})[1:3] == ("record", handlers.load("record"))

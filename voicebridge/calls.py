@@ -541,7 +541,7 @@ class CallRegistry:
         self.draining = False
         self.totals = CallTotals()  # ended calls, for /metrics
         self._conns = itertools.count(1)
-        self._handlers = resolve_handlers(settings)
+        self._handlers = settings.handlers if settings.handlers is not None else resolve_handlers(settings)
         self.connect_actions = ConnectActions(clock)
         self.limits = settings.limits
         self.capacity = Capacity(self.limits.max_calls, clock, self)

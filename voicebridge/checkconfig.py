@@ -32,17 +32,16 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from voicebridge.calls import resolve_handlers
     from voicebridge.tap import Options
 
     options = Options()
-    try:
+    try:  # the daemon's own parsing, which resolves every handler (calls.resolve_handlers) as start-up does
         options.parseOptions(["--config", args.file, *args.options])
-        resolved = resolve_handlers(options.settings())
     except (usage.UsageError, ValueError, LookupError) as e:
         print(f"voicebridge check-config: {e}", file=sys.stderr)
         return 1
-    print(report(options.settings(), resolved))
+    settings = options.settings()
+    print(report(settings, settings.handlers))
     return 0
 
 

@@ -215,6 +215,8 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
     # --listen ssl:... description -> its tls.ReloadableTLS, built and checked once at start-up.
     tls: dict = field(default_factory=dict, repr=False)
+    # calls.resolve_handlers(this), resolved once at start-up; None: resolve when needed.
+    handlers: dict | None = field(default=None, repr=False)
 
     @property
     def max_message_size(self) -> int:

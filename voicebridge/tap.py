@@ -127,8 +127,9 @@ class Options(usage.Options):
                     raise usage.UsageError(str(e)) from None
         self["limits"] = limits.from_options(self)
         self["handler_name"] = self["handler"] or self["config_obj"].handler or DEFAULT_HANDLER
-        try:
-            resolved = resolve_handlers(self.settings())
+        self["handlers"] = None
+        try:  # once, here: the daemon and check-config use what is resolved
+            self["handlers"] = resolved = resolve_handlers(self.settings())
         except (ValueError, handlers.UnknownHandler) as e:
             raise usage.UsageError(str(e)) from None
         unused = set(self.handler_options()) - handlers_in_use(resolved)
@@ -159,6 +160,7 @@ class Options(usage.Options):
             show_numbers=bool(self["show-numbers"]),
             limits=self["limits"],
             tls=dict(self["tls"]),
+            handlers=self["handlers"],
         )
 
 
