@@ -180,7 +180,6 @@ class Call:
     def protocol_error(self, reason: str, detail: str) -> None:
         """Counted always, logged once per call and reason: a misbehaving peer cannot flood the log."""
         self.errors[reason] += 1
-        self.registry.protocol_error(self, reason)
         if self.errors[reason] == 1:
             log.warn(
                 "protocol error callSid={callSid} conn={conn} reason={reason}: {detail}",
@@ -249,7 +248,6 @@ class Call:
             return
         if not self.handler.wants_frames:
             self.__dict__.pop("text_received", None)  # back to the plain method: nothing kept per frame
-        self.registry.started(self)
         log.info(
             "call started callSid={callSid} streamSid={streamSid} tenant={tenant} handler={handler} "
             "tracks={tracks} format={media_format} parameters={parameters}",
@@ -562,15 +560,9 @@ class CallRegistry:
         self.calls.add(call)
         return call
 
-    def started(self, call: Call) -> None:
-        pass
-
     def closed(self, call: Call) -> None:
         self.calls.discard(call)
         self.totals.ended(call)
-
-    def protocol_error(self, call: Call, reason: str) -> None:
-        pass
 
     def handshake_refused(self, reason: str) -> None:
         self.totals.refused(reason)
