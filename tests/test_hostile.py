@@ -21,6 +21,7 @@ from tests.conftest import PUBLIC, TOKEN
 from tests.daemon import Daemon
 from tests.http import call_form, post_form, request, upgrade_request
 from tests.nginx import free_port
+from tests.tlsclient import trust_root
 from voicebridge import messages as m
 from voicebridge.signatures import SignatureChecker
 from voicebridge.twiliosim import CallScript, play_call
@@ -503,7 +504,6 @@ def test_over_tls_too(start_daemon, pki):
     import ssl
 
     from twisted.internet import reactor
-    from twisted.internet.ssl import Certificate
 
     leaf = pki.leaf()
     listen = f"ssl:0:interface=127.0.0.1:privateKey={leaf.key}:certKey={leaf.cert}:extraCertChain={leaf.chain}"
@@ -514,7 +514,7 @@ def test_over_tls_too(start_daemon, pki):
         STREAM_URL,
         CallScript(frames=20, linger=0.2),
         signature=SIGNER.sign(STREAM_URL),
-        trust_root=Certificate.loadPEM(pki.root_pem.read_bytes()),
+        trust_root=trust_root(pki),
         connect_to=("127.0.0.1", d.port),
     ).addTimeout(15, reactor)
     assert outcome.received == outcome.sent and len(outcome.sent) == 20 and outcome.close_code == 1000

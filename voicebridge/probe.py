@@ -42,7 +42,7 @@ from voicebridge.diagnosis import FAIL, OK, SKIP, STREAM, WARN, WEBHOOK, HTTPAns
 from voicebridge.signatures import SignatureChecker
 from voicebridge.tlscheck import InspectingTLS
 from voicebridge.twiliosim import FRAME_MS, CallScript, new_sid, play_call
-from voicebridge.wsclient import endpoint_for
+from voicebridge.wsclient import endpoint_for, load_trust_root
 
 WEBHOOK_TIMEOUT = 15  # Twilio waits this long for the voice webhook
 MAX_REDIRECTS = 10
@@ -118,7 +118,10 @@ class ProbeOptions:
         if self.expect not in ("media", "echo", "none"):
             raise UsageError("--expect is media, echo or none")
         if self.cafile:
-            load_cafile(self.cafile)
+            try:
+                load_trust_root(self.cafile)
+            except ValueError as e:
+                raise UsageError(f"--cafile: {e}") from None
 
     def route(self, host: str, port: int) -> tuple[str, int] | None:
         for rule in self.connect_to:
@@ -126,29 +129,6 @@ class ProbeOptions:
             if target is not None:
                 return target
         return None
-
-
-def load_cafile(path: str) -> list:
-    from cryptography import x509
-
-    try:
-        with open(path, "rb") as f:
-            certificates = x509.load_pem_x509_certificates(f.read())
-    except OSError as e:
-        raise UsageError(f"--cafile {path}: {e.strerror}") from None
-    except ValueError:
-        raise UsageError(f"--cafile {path} holds no PEM certificate") from None
-    return certificates
-
-
-def trust_root(cafile: str | None):
-    """The roots the probe trusts: the system's (as Twilio trusts the public CAs), or --cafile's."""
-    if not cafile:
-        return None
-    from OpenSSL.crypto import X509
-    from twisted.internet.ssl import Certificate, trustRootFromCertificates
-
-    return trustRootFromCertificates([Certificate(X509.from_cryptography(c)) for c in load_cafile(cafile)])
 
 
 def twilio_form(call_sid: str, account_sid: str, extra: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -349,7 +329,8 @@ class Probe:
         self.reactor = reactor
         self.options = options
         self.signer = SignatureChecker(options.auth_token) if options.auth_token else None
-        self.trust = trust_root(options.cafile)
+        # The roots the probe trusts: the system's (as Twilio trusts the public CAs), or --cafile's.
+        self.trust = load_trust_root(options.cafile) if options.cafile else None
         self.steps: list[Step] = []
         self._tls: dict[Origin, object] = {}
         self._pool = HTTPConnectionPool(reactor, persistent=False)
