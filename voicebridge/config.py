@@ -6,6 +6,7 @@ tenant section would otherwise route real calls somewhere unexpected.
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -198,6 +199,30 @@ class Secret(str):
 
     def __repr__(self):
         return "Secret('***')"
+
+
+TOKEN_VARIABLE = "TWILIO_AUTH_TOKEN"
+
+
+def read_auth_token(token_file: str | None = None, environ=os.environ) -> Secret | None:
+    """The Twilio auth token: from ``token_file`` (``--auth-token-file``) when given, else ``TWILIO_AUTH_TOKEN``.
+
+    None when neither gives one. A file that cannot be read, or is empty, is an error naming the
+    flag (ConfigError), never a silent "no token": the daemon, ``probe`` and ``sign`` all read it here.
+    """
+    if token_file:
+        try:
+            with open(token_file, encoding="utf-8") as f:
+                token = f.read().strip()
+        except OSError as e:
+            raise ConfigError(f"--auth-token-file {token_file}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"--auth-token-file {token_file} is not a text file") from None
+        if not token:
+            raise ConfigError(f"--auth-token-file {token_file} is empty")
+        return Secret(token)
+    token = environ.get(TOKEN_VARIABLE, "").strip()
+    return Secret(token) if token else None
 
 
 @dataclass

@@ -38,6 +38,8 @@ from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from voicebridge import diagnosis as dx
+from voicebridge.cli import name_value_pairs
+from voicebridge.config import ConfigError, Secret, read_auth_token
 from voicebridge.diagnosis import FAIL, OK, SKIP, STREAM, WARN, WEBHOOK, HTTPAnswer, Step
 from voicebridge.signatures import SignatureChecker
 from voicebridge.tlscheck import InspectingTLS
@@ -94,7 +96,7 @@ def parse_connect_to(spec: str) -> ConnectTo:
 @dataclass
 class ProbeOptions:
     url: str
-    auth_token: str | None = None
+    auth_token: str | None = field(default=None, repr=False)
     params: list = field(default_factory=list)
     seconds: float = 3.0
     cafile: str | None = None
@@ -820,24 +822,17 @@ def add_arguments(parser) -> None:
 
 
 def options_from(args, environ=os.environ) -> ProbeOptions:
-    token = args.auth_token
-    if token is None and args.auth_token_file:
-        try:
-            with open(args.auth_token_file, encoding="utf-8") as f:
-                token = f.read().strip()
-        except OSError as e:
-            raise UsageError(f"--auth-token-file {args.auth_token_file}: {e.strerror}") from None
-    if token is None:
-        token = environ.get("TWILIO_AUTH_TOKEN", "")
-    params = []
-    for item in args.param:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise UsageError(f"--param {item!r} is not KEY=VALUE")
-        params.append((name, value))
+    try:
+        if args.auth_token is not None:
+            token = Secret(args.auth_token.strip()) or None
+        else:
+            token = read_auth_token(args.auth_token_file, environ)
+        params = name_value_pairs(args.param, "--param")
+    except (ConfigError, ValueError) as e:
+        raise UsageError(str(e)) from None
     return ProbeOptions(
         url=args.url,
-        auth_token=token.strip() or None,
+        auth_token=token,
         params=params,
         seconds=args.seconds,
         cafile=args.cafile,

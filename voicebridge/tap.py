@@ -8,7 +8,7 @@ from twisted.python import usage
 
 from voicebridge import handlers, limits, tls
 from voicebridge.calls import handlers_in_use, resolve_handlers
-from voicebridge.config import DEFAULT_HANDLER, Config, ConfigError, Secret, Settings, load_config
+from voicebridge.config import DEFAULT_HANDLER, Config, ConfigError, Settings, load_config, read_auth_token
 from voicebridge.publicurl import PublicURLError, PublicURLs, TrustedProxies, parse_public_url
 
 DEFAULT_PORT = 8080
@@ -22,17 +22,6 @@ def default_listen(environ=os.environ) -> str:
             raise usage.UsageError(f"PORT={port!r} is not a TCP port number")
         return f"tcp:{port}"
     return f"tcp:{DEFAULT_PORT}"
-
-
-def read_token_file(path: str) -> Secret:
-    try:
-        with open(path, encoding="utf-8") as f:
-            token = f.read().strip()
-    except OSError as e:
-        raise usage.UsageError(f"--auth-token-file {path}: {e.strerror}") from None
-    if not token:
-        raise usage.UsageError(f"--auth-token-file {path} is empty")
-    return Secret(token)
 
 
 # flag -> (handler, option): the same settings as the config file's [handlers.NAME] tables.
@@ -109,12 +98,8 @@ class Options(usage.Options):
             TrustedProxies(self["trusted_proxies"])
         except PublicURLError as e:
             raise usage.UsageError(str(e)) from None
-        if self["auth-token-file"]:
-            self["auth_token"] = read_token_file(self["auth-token-file"])
-        else:
-            token = os.environ.get("TWILIO_AUTH_TOKEN", "").strip()
-            self["auth_token"] = Secret(token) if token else None
         try:
+            self["auth_token"] = read_auth_token(self["auth-token-file"])
             self["config_obj"] = load_config(self["config"]) if self["config"] else Config()
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
