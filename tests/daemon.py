@@ -84,10 +84,13 @@ class Daemon:
         self.proc.send_signal(sig)
 
     def stop(self, timeout: float = 15) -> int:
+        """Exit now: SIGTERM, then SIGINT, the daemon's "second signal" (live calls get 1001 and may finish closing;
+        calls the webhook just answered are not waited for). Tests of the drain itself send their own signals."""
         if self.proc is None:
             return 0
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(signal.SIGINT)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:

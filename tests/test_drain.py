@@ -259,15 +259,19 @@ def test_the_drain_takes_and_waits_for_the_stream_of_a_call_just_answered():
     assert done.called
 
 
-def test_an_answered_call_whose_stream_never_comes_is_waited_for_until_its_reservation_lapses():
+def test_an_answered_call_whose_stream_never_comes_is_waited_for_a_while():
+    """Twilio connects within moments of the answer: the drain waits answer_wait for it, not the whole reservation."""
     from voicebridge.admission import DRAINING, Admission
 
     drain, reg, clock = _drain()
     admission = Admission(reg.settings, reg)
     reg.capacity.reserve("CA1", None)
+    clock.advance(2)
     done = drain.run()
-    clock.advance(RESERVATION_SECONDS - 0.1)
+    clock.advance(Drain.answer_wait - 2 - 0.1)
     assert not done.called
     clock.advance(0.1)
     assert done.called
+    assert admission.stream("127.0.0.1", "ws://h/twilio-media", "", None) is None, "still its stream, while the process runs"
+    clock.advance(RESERVATION_SECONDS)
     assert admission.stream("127.0.0.1", "ws://h/twilio-media", "", None) is DRAINING

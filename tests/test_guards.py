@@ -193,7 +193,7 @@ def test_without_a_limit_reservations_are_kept_but_bounded(monkeypatch):
         assert reg.capacity.reserve(f"CA{i}", None) is None
     assert reg.capacity.counts() == (0, 0, 1000)
     clock.advance(RESERVATION_SECONDS)
-    assert reg.capacity.counts() == (0, 0, 0) and reg.capacity.next_expiry() is None
+    assert reg.capacity.counts() == (0, 0, 0) and reg.capacity.last_answered() is None
     monkeypatch.setattr(capacity, "MAX_RESERVATIONS", 10)
     for i in range(20):
         reg.capacity.reserve(f"CA{i}", None)

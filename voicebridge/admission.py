@@ -80,7 +80,8 @@ class Admission:
 
     def stream(self, client: str, stream_url: str, query: str, signature: str | None) -> Refusal | None:
         """During a drain, a handshake is still taken while a call the webhook answered has not connected:
-        it is that call's stream (reservations lapse after capacity.RESERVATION_SECONDS)."""
+        it is that call's stream (reservations lapse after capacity.RESERVATION_SECONDS; the drain waits
+        for them drain.ANSWER_WAIT)."""
         if self.draining and not (self.capacity is not None and self.capacity.expecting_stream()):
             return DRAINING
         if self.checker is None:

@@ -49,10 +49,10 @@ class Capacity:
                 break
             del self._reserved[sid]
 
-    def next_expiry(self) -> float | None:
-        """When the oldest reservation lapses, if any is held."""
+    def last_answered(self) -> float | None:
+        """When the newest reservation was made (the webhook's last ``<Connect>``), if any is held."""
         self._expire()
-        return next(iter(self._reserved.values()))[1] if self._reserved else None
+        return next(reversed(self._reserved.values()))[1] - RESERVATION_SECONDS if self._reserved else None
 
     def expecting_stream(self) -> bool:
         """A call the webhook answered has not connected its stream yet (a handshake is taken for one)."""

@@ -23,6 +23,9 @@ from voicebridge.notify import notify
 
 log = Logger(namespace="voicebridge.service")
 
+# How long after the webhook answered <Connect> a drain waits for the call's stream to connect
+# (Twilio connects within a second or two). Its handshake is taken for as long as the process runs.
+ANSWER_WAIT = 10.0
 # After 1001: the WebSocket close handshake, then a relay's close to its application, then a margin
 # for a handler that saves (a recording's fsync and rename).
 GRACE = CLOSE_HANDSHAKE_TIMEOUT + CLOSE_GRACE + 2.0
@@ -31,6 +34,7 @@ GRACE = CLOSE_HANDSHAKE_TIMEOUT + CLOSE_GRACE + 2.0
 class Drain:
     progress_interval = 30.0  # how often a long drain says how far it is
     grace = GRACE
+    answer_wait = ANSWER_WAIT
 
     def __init__(self, registry, clock, timeout: float = Limits.drain_timeout):
         self.registry = registry
@@ -77,6 +81,14 @@ class Drain:
         capacity = getattr(self.registry, "capacity", None)
         return capacity.counts()[2] if capacity is not None else 0
 
+    def _expecting_until(self) -> float | None:
+        """Until when a stream of a call the webhook just answered may still connect; None if none may."""
+        capacity = getattr(self.registry, "capacity", None)
+        answered = capacity.last_answered() if capacity is not None else None
+        if answered is None or answered + self.answer_wait <= self.clock.seconds():
+            return None
+        return answered + self.answer_wait
+
     def _hang_up(self, reason: str) -> None:
         for call in list(self._live()):
             call.hangup(reason, CLOSE_GOING_AWAY)
@@ -111,11 +123,11 @@ class Drain:
             self._hang_up("shutdown")
         deadline = start + self.timeout
         next_progress = start + self.progress_interval
-        while not self._cut and (self._live() or self._answered()) and self.clock.seconds() < deadline:
+        while not self._cut and (self._live() or self._expecting_until()) and self.clock.seconds() < deadline:
             wake = min(deadline, next_progress)
-            expiry = self.registry.capacity.next_expiry() if self._answered() else None
-            if expiry is not None and not self._pending:
-                wake = min(wake, expiry)  # only reservations are left: look again when one lapses
+            expecting = self._expecting_until()
+            if expecting is not None and not self._pending:
+                wake = min(wake, expecting)  # only answered calls are awaited: look again when their wait ends
             yield self._wait(wake)
             now = self.clock.seconds()
             if now >= next_progress and self._live():
