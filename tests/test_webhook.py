@@ -134,3 +134,23 @@ def test_connect_action_has_its_own_refusal_event_and_answers_get(daemon):
     assert status == 200 and [child.tag for child in ET.fromstring(body)] == ["Hangup"]
     after = daemon.wait_for(lambda e: e.get("event_name") == "call.after_stream")
     assert after["callSid"] == "CA" + "9" * 32
+
+
+@pytest.mark.parametrize(
+    "public, kinds",
+    [
+        ("https://voice.example.test:8443", ["port"]),
+        ("https://10.0.0.7", ["host"]),
+        ("http://voice.example.test", ["scheme"]),
+        (PUBLIC, []),
+    ],
+)
+def test_the_webhook_warns_about_stream_urls_as_the_probe_judges_them(start_daemon, public, kinds):
+    daemon = start_daemon("--public-url", public, env={"TWILIO_AUTH_TOKEN": TOKEN})
+    form = call_form()
+    url = public + "/voice"
+    for _ in range(2):
+        assert post_form(daemon.port, "/voice", form, {"X-Twilio-Signature": SIGNER.sign(url, form)})[0] == 200
+    daemon.wait_for(lambda e: e.get("event_name") == "webhook.answered")
+    warned = daemon.named("webhook.stream_url")
+    assert [e["kind"] for e in warned] == kinds, "each problem once per url"

@@ -13,6 +13,7 @@ from twisted.logger import Logger
 from voicebridge import twiml
 from voicebridge.admission import Refusal
 from voicebridge.config import NoTenant
+from voicebridge.diagnosis import STREAM, check_url
 from voicebridge.logs import mask_number, printable
 from voicebridge.publicurl import PublicURLError
 from voicebridge.twiliorequest import TWILIO_FIELDS, TwilioRequest, first_values
@@ -114,8 +115,14 @@ class VoiceWebhook(TwilioRequest):
         if stream_url in self._warned_urls or len(self._warned_urls) > 100:
             return
         self._warned_urls.add(stream_url)
-        for warning in twiml.check_stream_url(stream_url):
-            log.warn("{warning}", event_name="webhook.stream_url", warning=warning, stream_url=stream_url)
+        for problem in check_url(stream_url, STREAM):  # the probe's rules: what a real call would meet
+            log.warn(
+                "stream url {stream_url} would fail for a real call: {problem}; set --public-url https://PUBLIC_HOST",
+                event_name="webhook.stream_url",
+                stream_url=stream_url,
+                problem=problem.text,
+                kind=problem.kind,
+            )
         if self.urls.public_url is None:
             log.warn(
                 "no --public-url: stream url {stream_url} was derived from the request's Host{proxy}; "
