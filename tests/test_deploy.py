@@ -50,6 +50,17 @@ def daemon_options(command: str) -> Options:
     return options
 
 
+def pyyaml():
+    """PyYAML is in the test extras: missing, the test is skipped, except under CI=true, where it fails."""
+    try:
+        import yaml
+    except ImportError:
+        if os.environ.get("CI") == "true":
+            pytest.fail("PyYAML is missing, and CI=true requires it (it is in the test extras)")
+        pytest.skip("PyYAML is not installed (pip install pyyaml)")
+    return yaml
+
+
 def hadolint() -> str:
     path = shutil.which("hadolint") or shutil.which("hadolint", path=os.path.dirname(sys.executable))
     if path is None:
@@ -146,7 +157,7 @@ def test_fly_toml():
 
 
 def test_render_yaml():
-    yaml = pytest.importorskip("yaml")
+    yaml = pyyaml()
     (service,) = yaml.safe_load((REPO / "render.yaml").read_text())["services"]
     assert (service["type"], service["runtime"]) == ("web", "docker")
     assert service["healthCheckPath"] == "/healthz"
