@@ -195,7 +195,11 @@ class Call:
         if self.frame is not None and self.state == HANDSHAKE and not self.opening_frames:
             self.opening_frames.append(self.frame)
         log.debug(
-            "connected protocol={protocol} version={version}", protocol=message.protocol, version=message.version, **self.ids
+            "connected protocol={protocol} version={version}",
+            event_name="call.connected",
+            protocol=printable(message.protocol, 40),
+            version=printable(message.version, 40),
+            **self.ids,
         )
 
     def _on_start(self, message: messages.Start) -> None:

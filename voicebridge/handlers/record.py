@@ -122,7 +122,12 @@ class RecordHandler(Handler):
         inner_done = defer.maybeDeferred(self.inner.on_stop, reason) if self.inner is not None else defer.succeed(None)
         inner_done.addErrback(
             lambda f: log.failure(
-                "handler {handler} failed to stop callSid={callSid}", f, handler=self.inner_name, **self.call.ids
+                "handler {handler} failed to stop callSid={callSid}",
+                f,
+                event_name="call.handler_error",
+                handler=self.inner_name,
+                method="on_stop",
+                **self.call.ids,
             )
         )
         if self.recording is None:
