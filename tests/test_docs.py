@@ -104,3 +104,11 @@ def test_documented_defaults_are_the_daemons(flag):
 
 def test_the_default_listen_is_documented():
     assert f"`tcp:{tap.DEFAULT_PORT}`" in options_rows()["listen"] and "`tcp:$PORT`" in options_rows()["listen"]
+
+
+def test_every_module_is_in_the_layout_table():
+    section = readme().split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"`(?:voicebridge/)?([\w/]+\.py)`", section)) | set(re.findall(r"`voicebridge/([\w/]+/)`", section))
+    modules = [p.relative_to(REPO / "voicebridge") for p in (REPO / "voicebridge").rglob("*.py")]
+    missing = [str(m) for m in modules if m.name not in listed and str(m) not in listed and f"{m.parent}/" not in listed]
+    assert missing == []
