@@ -206,3 +206,14 @@ def test_sids_from_the_peer_cannot_break_a_log_line():
     call, _ = new_call(reg)
     call.text_received(m.twilio_start(SID, "CA1\nforged event_name=call.ended", ACC, {}))
     assert "\n" not in call.ids["callSid"] and call.ids["callSid"].startswith("CA1\\n")
+
+
+def test_tracks_from_the_peer_cannot_break_a_log_line():
+    reg, _ = registry()
+    call, _ = new_call(reg)
+    frame = m.twilio_start(SID, CALL, ACC, {}).replace(b'"inbound"', b'"inbound\\nforged"')
+    assert b"forged" in frame
+    with captured_log() as events:
+        call.text_received(frame)
+    (started,) = [e for e in events if e.get("event_name") == "call.started"]
+    assert "\n" not in started["tracks"] and "forged" in started["tracks"]

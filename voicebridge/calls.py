@@ -259,7 +259,7 @@ class Call:
             streamSid=printable(self.stream_sid, 64),
             tenant=self.tenant.id if self.tenant else "-",
             handler=self.handler_name,
-            tracks=",".join(message.tracks),
+            tracks=printable(",".join(message.tracks), 80),
             media_format=message.media_format,
             parameters=mask_parameters(self.parameters, self.registry.show_numbers),
             **self.ids,
