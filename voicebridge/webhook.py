@@ -129,5 +129,6 @@ class VoiceWebhook(TwilioRequest):
                 "set --public-url to the URL Twilio uses",
                 event_name="webhook.stream_url",
                 stream_url=stream_url,
+                kind="no-public-url",
                 proxy=" and trusted X-Forwarded-* headers" if self.urls.trusted else "",
             )
