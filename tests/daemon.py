@@ -34,6 +34,23 @@ class DaemonFailed(RuntimeError):
     pass
 
 
+class LogSince:
+    """A daemon's log from a point on (``Daemon.since()``): ``named`` and ``wait`` match an event name and fields."""
+
+    def __init__(self, daemon: Daemon, start: int):
+        self.daemon = daemon
+        self.start = start
+
+    def named(self, name: str, **fields) -> list[dict]:
+        return self.daemon.named(name, self.start, **fields)
+
+    def wait(self, name: str, timeout: float = 5, **fields) -> dict:
+        def matches(event):
+            return event.get("event_name") == name and all(event.get(k) == v for k, v in fields.items())
+
+        return self.daemon.wait_for(matches, timeout, self.start)
+
+
 class Daemon:
     """One daemon process. ``events`` holds its parsed log events as they arrive."""
 
@@ -84,10 +101,18 @@ class Daemon:
         self.proc.send_signal(sig)
 
     def stop(self, timeout: float = 15) -> int:
+        """SIGTERM; if the drain is still waiting a moment later (live calls, or calls the webhook just answered),
+        SIGINT, the daemon's "second signal": exit now. Tests of the drain itself send their own signals."""
         if self.proc is None:
             return 0
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(1)
+            except subprocess.TimeoutExpired:
+                # Only while the drain waits (its handlers are ours): a signal as the process exits would kill it.
+                if self.proc.poll() is None and not self.named("service.drained"):
+                    self.proc.send_signal(signal.SIGINT)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -105,27 +130,34 @@ class Daemon:
         with self._lock:
             return "\n".join(self.lines)
 
-    def named(self, name: str) -> list[dict]:
+    def named(self, name: str, start: int = 0, **fields) -> list[dict]:
+        """Events called ``name`` (from the ``start``-th on) whose ``fields`` have these values."""
         with self._lock:
-            return [e for e in self.events if e.get("event_name") == name]
+            events = self.events[start:]
+        return [e for e in events if e.get("event_name") == name and all(e.get(k) == v for k, v in fields.items())]
 
-    def find(self, predicate) -> dict | None:
+    def find(self, predicate, start: int = 0) -> dict | None:
         with self._lock:
-            for event in self.events:
+            for event in self.events[start:]:
                 if predicate(event):
                     return event
         return None
 
-    def wait_for(self, predicate, timeout: float = 10) -> dict:
+    def since(self) -> LogSince:
+        """The log from now on, for a test that shares the daemon with others."""
+        with self._lock:
+            return LogSince(self, len(self.events))
+
+    def wait_for(self, predicate, timeout: float = 10, start: int = 0) -> dict:
         """Block until an event matches (sync tests only: it blocks the reactor)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            event = self.find(predicate)
+            event = self.find(predicate, start)
             if event is not None:
                 return event
             if self.proc.poll() is not None:
                 time.sleep(0.2)
-                event = self.find(predicate)
+                event = self.find(predicate, start)
                 if event is not None:
                     return event
                 raise DaemonFailed(f"daemon exited with {self.proc.returncode}:\n{self.output[-4000:]}")

@@ -1,6 +1,9 @@
 """Test doubles for the transport side of a Call (the WebSocket itself is tested for real elsewhere)."""
 
+from contextlib import contextmanager
+
 from twisted.internet import task
+from twisted.logger import globalLogPublisher
 
 from voicebridge import messages
 from voicebridge.calls import CallRegistry
@@ -36,3 +39,14 @@ def new_call(reg, query=None):
     link.call = call
     call.opened()
     return call, link
+
+
+@contextmanager
+def captured_log():
+    """The log events emitted inside the block, as a list (failures included, with ``log_failure``)."""
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        yield events
+    finally:
+        globalLogPublisher.removeObserver(events.append)

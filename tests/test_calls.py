@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.fakes import new_call, registry
+from tests.fakes import FakeLink, captured_log, new_call, registry
 from voicebridge import messages as m
 from voicebridge.config import parse_config
 from voicebridge.handlers import Handler
@@ -137,3 +137,83 @@ def test_close_without_stop_still_stops_the_handler():
     start(call)
     call.connection_lost(1006, "gone")
     assert call.end_reason == "closed" and call.close_code == 1006 and reg.active == 0
+
+
+class Unbuildable(Handler):
+    def __init__(self, call, options):
+        raise RuntimeError("cannot build")
+
+
+def test_a_handler_that_cannot_be_built_ends_the_call_once(monkeypatch):
+    from voicebridge import handlers
+
+    monkeypatch.setitem(handlers.BUILTIN, "unbuildable", "tests.test_calls:Unbuildable")
+    reg, clock = registry(handler="unbuildable")
+
+    class SlowLink(FakeLink):
+        def close(self, code, reason):
+            self.closed = (code, reason)  # the close handshake is still under way: frames keep coming
+
+    link = SlowLink()
+    call = reg.new_call(link, "127.0.0.1", {})
+    call.opened()
+    with captured_log() as events:
+        start(call)
+        for i in range(5):
+            call.text_received(m.twilio_media(SID, b"a", i + 1, i * 20, i + 3))
+    failures = [e for e in events if "log_failure" in e]
+    assert len(failures) == 1 and failures[0]["event_name"] == "call.handler_error"
+    assert failures[0]["log_failure"].check(RuntimeError)
+    assert call.state == "stopped" and call.end_reason == "error" and link.closed[0] == 1011
+    assert call.errors == {"handler-error": 1}, "the frames in flight are the ended call's, not errors"
+    assert clock.getDelayedCalls() == [], "the call's timers are gone"
+
+
+def test_a_start_for_no_tenant_ends_the_call_and_later_frames_are_not_errors():
+    config = parse_config({"unknown_tenant": "refuse", "tenants": {"b1": {"numbers": ["+15550100"]}}})
+    reg, clock = registry(config)
+
+    class SlowLink(FakeLink):
+        def close(self, code, reason):
+            self.closed = (code, reason)
+
+    link = SlowLink()
+    call = reg.new_call(link, "127.0.0.1", {})
+    call.opened()
+    start(call, {"to": "+15559999"})
+    for i in range(5):
+        call.text_received(m.twilio_media(SID, b"a", i + 1, i * 20, i + 3))
+    assert call.state == "stopped" and call.end_reason == "refused" and link.closed[0] == 1008
+    assert call.errors == {}, "not media-before-start"
+    assert clock.getDelayedCalls() == []
+
+
+def test_calls_refused_at_start_are_counted_as_refused_under_their_tenant():
+    config = parse_config({"unknown_tenant": "refuse", "tenants": {"small": {"numbers": ["+15550100"], "max_calls": 0}}})
+    reg, _ = registry(config)
+    stranger, _ = new_call(reg)
+    start(stranger, {"to": "+15559999"})
+    over, _ = new_call(reg)
+    start(over, {"to": "+15550100"})
+    never, _ = new_call(reg)
+    never.connection_lost(1006, "gone")
+    assert dict(reg.totals.calls) == {("none", "refused"): 1, ("small", "tenant-limit"): 1, ("none", "no-start"): 1}
+    assert sum(reg.totals.duration_counts) == 0, "a refused call has no duration"
+
+
+def test_sids_from_the_peer_cannot_break_a_log_line():
+    reg, _ = registry()
+    call, _ = new_call(reg)
+    call.text_received(m.twilio_start(SID, "CA1\nforged event_name=call.ended", ACC, {}))
+    assert "\n" not in call.ids["callSid"] and call.ids["callSid"].startswith("CA1\\n")
+
+
+def test_tracks_from_the_peer_cannot_break_a_log_line():
+    reg, _ = registry()
+    call, _ = new_call(reg)
+    frame = m.twilio_start(SID, CALL, ACC, {}).replace(b'"inbound"', b'"inbound\\nforged"')
+    assert b"forged" in frame
+    with captured_log() as events:
+        call.text_received(frame)
+    (started,) = [e for e in events if e.get("event_name") == "call.started"]
+    assert "\n" not in started["tracks"] and "forged" in started["tracks"]

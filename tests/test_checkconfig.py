@@ -2,8 +2,12 @@
 
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
+
+import pytest
 
 from tests.daemon import REPO, source_env
+from tests.http import call_form, post_form
 
 CONFIG = """
 handler = "echo"
@@ -115,3 +119,36 @@ def test_settings_for_a_handler_no_call_uses_are_a_mistake(tmp_path):
     out = check(path, "--relay-url", "ws://127.0.0.1:9/app", "--relay-fallback", "say")
     assert out.returncode == 1
     assert "--relay-url, --relay-fallback: no call uses the relay handler; add --handler NAME" in out.stderr
+
+
+# check-config and the running daemon must say the same about a call that names no tenant.
+UNKNOWN_CALLER_CONFIGS = {
+    "default-section": ('[default]\nplan = "basic"\n[tenants.b1]\nnumbers = ["+15550100001"]\n', "default"),
+    "no-default-section": ('[tenants.b1]\nnumbers = ["+15550100001"]\n', "-"),
+    "refuse": ('unknown_tenant = "refuse"\n[tenants.b1]\nnumbers = ["+15550100001"]\n', "refused"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNKNOWN_CALLER_CONFIGS))
+def test_check_config_and_the_daemon_agree_on_unknown_callers(tmp_path, start_daemon, case):
+    text, expected = UNKNOWN_CALLER_CONFIGS[case]
+    path = tmp_path / "vb.toml"
+    path.write_text(text)
+    out = check(path)
+    assert out.returncode == 0, out.stderr
+    other = rows(out.stdout)["(other)"].split()
+    said = "refused" if "refused" in other else other[1]
+    assert said == expected
+
+    daemon = start_daemon("--config", str(path))
+    status, _, body = post_form(daemon.port, "/voice", call_form(to="+15559990001"))
+    assert status == 200, body
+    answer = ET.fromstring(body)
+    if expected == "refused":
+        assert answer.find("./Reject") is not None and answer.find("./Connect") is None
+        assert daemon.wait_for(lambda e: e.get("event_name") == "webhook.no_tenant")["callSid"] == "CA" + "1" * 32
+    else:
+        parameters = {p.get("name"): p.get("value") for p in answer.iter("Parameter")}
+        assert parameters.get("plan") == ("basic" if expected == "default" else None)
+        answered = daemon.wait_for(lambda e: e.get("event_name") == "webhook.answered")
+        assert answered["tenant"] == expected

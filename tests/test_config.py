@@ -1,6 +1,6 @@
 import pytest
 
-from voicebridge.config import ConfigError, load_config, parse_config
+from voicebridge.config import ConfigError, NoTenant, load_config, parse_config
 
 SAMPLE = """
 handler = "echo"
@@ -30,8 +30,16 @@ def test_tenants_by_id_and_number(tmp_path):
 
 def test_refuse_policy():
     config = parse_config({"unknown_tenant": "refuse", "tenants": {"b": {"numbers": ["+15550100"]}}})
-    assert config.tenant_for("x", "+1999") is None
+    with pytest.raises(NoTenant) as refused:
+        config.tenant_for("x", "+15559990001")
+    assert "businessId x and number +1555*****01 match no tenant" in refused.value.describe()
     assert config.tenant_for(None, "+15550100").id == "b"
+
+
+def test_without_refuse_an_unknown_call_gets_the_default_section_or_none():
+    with_default = parse_config({"default": {"plan": "basic"}, "tenants": {"b": {"numbers": ["+15550100"]}}})
+    assert with_default.tenant_for("x", "+1999") is with_default.default_tenant
+    assert parse_config({}).tenant_for("x", "+1999") is None
 
 
 @pytest.mark.parametrize(
@@ -47,6 +55,11 @@ def test_refuse_policy():
         ({"tenants": {"default": {}}}, "write it as [default]"),
         ({"tenants": {"bad id": {}}}, "a tenant id is"),
         ({"unknown_tenant": "drop"}, "unknown_tenant"),
+        (
+            {"unknown_tenant": "refuse", "default": {}, "tenants": {"b": {"numbers": ["+15550100"]}}},
+            "the [default] section would never apply",
+        ),
+        ({"unknown_tenant": "refuse"}, "with no [tenants.ID] would refuse every call"),
     ],
 )
 def test_mistakes_are_named_with_their_path(data, message):

@@ -24,6 +24,7 @@ from tests.daemon import REPO, Daemon, source_env, twist_command
 from tests.http import request
 from tests.nginx import free_port
 from tests.tlsclient import handshake
+from voicebridge.drain import Drain
 from voicebridge.tap import Options
 
 DOCKERFILE = REPO / "Dockerfile"
@@ -47,6 +48,17 @@ def daemon_options(command: str) -> Options:
     options = Options()
     options.parseOptions(argv[2:])
     return options
+
+
+def pyyaml():
+    """PyYAML is in the test extras: missing, the test is skipped, except under CI=true, where it fails."""
+    try:
+        import yaml
+    except ImportError:
+        if os.environ.get("CI") == "true":
+            pytest.fail("PyYAML is missing, and CI=true requires it (it is in the test extras)")
+        pytest.skip("PyYAML is not installed (pip install pyyaml)")
+    return yaml
 
 
 def hadolint() -> str:
@@ -140,18 +152,18 @@ def test_fly_toml():
     options = daemon_options(fly["processes"]["app"])
     assert options["public-url"].startswith("https://")
     assert fly["kill_timeout"] <= 300, "Fly's maximum"
-    assert fly["kill_timeout"] >= options["drain-timeout"] + 10, "Fly must wait for the drain to finish"
+    assert fly["kill_timeout"] >= options["limits"].drain_timeout + Drain.grace, "Fly must wait for the drain to finish"
     assert service["concurrency"]["hard_limit"] > 25, "Fly's default of 25 connections would cap calls per machine"
 
 
 def test_render_yaml():
-    yaml = pytest.importorskip("yaml")
+    yaml = pyyaml()
     (service,) = yaml.safe_load((REPO / "render.yaml").read_text())["services"]
     assert (service["type"], service["runtime"]) == ("web", "docker")
     assert service["healthCheckPath"] == "/healthz"
     options = daemon_options(service["dockerCommand"])
     assert 1 <= service["maxShutdownDelaySeconds"] <= 300
-    assert service["maxShutdownDelaySeconds"] >= options["drain-timeout"] + 10
+    assert service["maxShutdownDelaySeconds"] >= options["limits"].drain_timeout + Drain.grace
     assert {"key": "TWILIO_AUTH_TOKEN", "sync": False} in service["envVars"]
     assert service["plan"] != "free", "a free instance sleeps and cannot answer calls"
 
@@ -161,7 +173,7 @@ def test_railway_toml():
     deploy = railway["deploy"]
     options = daemon_options(deploy["startCommand"])
     assert deploy["healthcheckPath"] in ("/healthz", "/readyz")
-    assert deploy["drainingSeconds"] >= options["drain-timeout"] + 10
+    assert deploy["drainingSeconds"] >= options["limits"].drain_timeout + Drain.grace
     assert railway["build"]["builder"] == "DOCKERFILE"
 
 

@@ -184,11 +184,20 @@ def test_reservations_lapse():
     assert reg.capacity.reserve("CA2", None) is None
 
 
-def test_reservations_are_kept_only_under_a_limit():
-    reg, _ = registry()
+def test_without_a_limit_reservations_are_kept_but_bounded(monkeypatch):
+    """A drain needs them (the streams of calls just answered), so they are kept; they lapse, and are capped."""
+    from voicebridge import capacity
+
+    reg, clock = registry()
     for i in range(1000):
         assert reg.capacity.reserve(f"CA{i}", None) is None
-    assert reg.capacity.counts() == (0, 0, 0)
+    assert reg.capacity.counts() == (0, 0, 1000)
+    clock.advance(RESERVATION_SECONDS)
+    assert reg.capacity.counts() == (0, 0, 0) and reg.capacity.last_answered() is None
+    monkeypatch.setattr(capacity, "MAX_RESERVATIONS", 10)
+    for i in range(20):
+        reg.capacity.reserve(f"CA{i}", None)
+    assert reg.capacity.counts() == (0, 0, 10)
 
 
 def test_handshakes_count_and_are_refused_when_full():
@@ -247,3 +256,18 @@ def test_a_tenant_with_no_calls_allowed():
     config = parse_config({"tenants": {"off": {"numbers": ["+15550300"], "max_calls": 0}}})
     reg, _ = registry(config)
     assert reg.capacity.reserve("CA1", config.tenants["off"]) is not None
+
+
+def test_frames_a_relay_forwards_count_against_the_send_buffer_too():
+    reg, _ = registry(limits=Limits(max_send_buffer=16 * 1024))
+    call, link = new_call(reg)
+    start(call)
+    call.guards.pauseProducing()
+    frame = m.media(SID, b"\x7f" * 160)
+    message = m.parse_outbound(frame)
+    for _ in range(1000):
+        if link.closed is not None:
+            break
+        call.forward(message, frame)
+    assert call.end_reason == "slow-reader" and link.closed[0] == 1008
+    assert len(link.sent) == (16 * 1024) // len(frame), "queued up to the limit, not one frame more"

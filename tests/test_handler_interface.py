@@ -4,6 +4,9 @@ import json
 import os
 
 import pytest
+from twisted.internet import task
+from twisted.internet.interfaces import IReactorThreads
+from zope.interface import implementer
 
 from tests.fakes import new_call, registry
 from voicebridge import handlers
@@ -47,19 +50,23 @@ class Talker(Handler):
 
 
 @pytest.fixture
-def test_handlers(monkeypatch):
+def extra_handlers(monkeypatch):
     monkeypatch.setitem(handlers.BUILTIN, "frametaker", "tests.test_handler_interface:FrameTaker")
     monkeypatch.setitem(handlers.BUILTIN, "talker", "tests.test_handler_interface:Talker")
     FrameTaker.seen.clear()
 
 
-def test_a_handler_that_wants_frames_sees_them_byte_for_byte(test_handlers):
+def test_a_handler_that_wants_frames_sees_them_byte_for_byte(extra_handlers):
     reg, _ = registry(handler="frametaker")
     call, _ = new_call(reg)
     connected, start = m.twilio_connected(), m.twilio_start(SID, CALL, ACC, {"k": "v"})
     media = b'{"event": "media", "streamSid": "%s", "media": {"payload": "AAEC", "timestamp": "0"}}' % SID.encode()
     dtmf, stop = m.twilio_dtmf(SID, "7", 4), m.twilio_stop(SID, CALL, ACC, 5)
-    for frame in (connected, start, media, dtmf, stop):
+    call.text_received(connected)
+    call.text_received(start)
+    assert FrameTaker.seen == [("opening", [connected, start])]
+    assert call.opening_frames == [], "taken in on_start; the raw start frame is not kept for the whole call"
+    for frame in (media, dtmf, stop):
         call.text_received(frame)
     assert FrameTaker.seen == [("opening", [connected, start]), ("media", media), ("dtmf", dtmf), ("stop", stop)]
     assert call.frame is None, "the frame is kept only while it is dispatched"
@@ -89,7 +96,7 @@ class Watcher:
         self.heard.append(("clear",))
 
 
-def test_watchers_hear_what_the_call_sends_including_forwarded_frames(test_handlers):
+def test_watchers_hear_what_the_call_sends_including_forwarded_frames(extra_handlers):
     reg, _ = registry(handler="talker")
     call, link = new_call(reg)
     watcher = Watcher()
@@ -260,3 +267,79 @@ def test_a_recording_that_cannot_start_hangs_the_call_up(tmp_path):
     call.text_received(m.twilio_start(SID, CALL, ACC))
     assert link.closed == (1011, "handler error") and call.errors["handler-error"] == 1
     assert call.finished.called and not directory.exists()
+
+
+@implementer(IReactorThreads)
+class ThreadedClock(task.Clock):
+    """A fake clock that, like the reactor, has a thread pool: work sent to it waits until the test runs it."""
+
+    def __init__(self):
+        super().__init__()
+        self.jobs = []
+
+    def getThreadPool(self):
+        return self
+
+    def callInThreadWithCallback(self, on_result, f, *args, **kwargs):
+        self.jobs.append((on_result, f, args, kwargs))
+
+    def callFromThread(self, f, *args, **kwargs):
+        f(*args, **kwargs)
+
+    def run_jobs(self):
+        while self.jobs:
+            on_result, f, args, kwargs = self.jobs.pop(0)
+            on_result(True, f(*args, **kwargs))
+
+
+def test_a_call_ending_inside_a_send_leaves_the_finishing_recording_alone(tmp_path):
+    """A slow reader ends the call inside echo's send: the recording is finishing in a thread, and must
+    hear nothing more from the reactor (the send that ended the call included)."""
+    from voicebridge.calls import CallRegistry
+    from voicebridge.limits import Limits
+
+    clock = ThreadedClock()
+    reg = CallRegistry(
+        Settings(
+            listen=[],
+            handler="record",
+            handler_options={"record": {"dir": str(tmp_path), "handler": "echo"}},
+            limits=Limits(max_send_buffer=16 * 1024),
+        ),
+        clock,
+    )
+    call, link = new_call(reg)
+    call.text_received(m.twilio_start(SID, CALL, ACC))
+    recording = call.handler.recording
+    call.guards.pauseProducing()  # Twilio stopped reading what is sent to it
+    i = 0
+    while not clock.jobs and i < 1000:
+        call.text_received(m.twilio_media(SID, b"\x05" * 160, i + 1, i * 20, i + 2))
+        i += 1
+    assert call.end_reason == "slow-reader" and len(clock.jobs) == 1, "the recording is being finished in a thread"
+    assert recording.finishing
+    sent_while_finishing = dict(recording.counts)
+    call.text_received(m.twilio_media(SID, b"\x05" * 160, i + 1, i * 20, i + 2))  # one more in flight
+    call.handler.sent_audio(b"\x05" * 160)  # a watcher call after finishing began is a no-op
+    assert recording.counts == sent_while_finishing
+    clock.run_jobs()
+    meta = json.loads((tmp_path / f"{CALL}-{SID}.json").read_text())
+    assert meta["endReason"] == "slow-reader" and meta["framesIn"] == i
+    assert meta["framesOut"] == sent_while_finishing["framesOut"] == i - 1, "the send that ended the call is not in it"
+    assert call.finished.called
+
+
+def test_handlers_are_resolved_once_at_start_up(monkeypatch, tmp_path):
+    """Options resolve and check every handler; the registry (and check-config) use that, not a second pass."""
+    from voicebridge.calls import CallRegistry
+    from voicebridge.tap import Options
+
+    loads = []
+    real_load = handlers.load
+    monkeypatch.setattr(handlers, "load", lambda name: loads.append(name) or real_load(name))
+    options = Options()
+    options.parseOptions(["--handler", "record", "--record-dir", str(tmp_path), "--record-handler", "echo"])
+    assert loads, "start-up checks the handlers"
+    loads.clear()
+    registry = CallRegistry(options.settings(), task.Clock())
+    assert loads == [] and registry.route({})[1:3] == ("record", handlers.load("record"))

@@ -7,6 +7,7 @@ import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer, threads
 
+from tests import hostile
 from tests.conftest import PUBLIC, TOKEN
 from tests.fakes import new_call, registry
 from tests.http import call_form, post_form, request, upgrade_request
@@ -75,22 +76,24 @@ def test_metrics_count_calls_refusals_media_and_webhooks(tenant_daemon):
 
     url = tenant_daemon.url("/twilio-media", "ws")
     signature = SIGNER.sign(STREAM_URL)
-    # One call stays open while /metrics is scraped: live counters are included.
-    long_call = play_call(reactor, url, CallScript(frames=250, custom_parameters={"businessId": "business-2"}), signature)
     short = [
         play_call(reactor, url, CallScript(frames=10, custom_parameters={"businessId": "business-1"}), signature)
         for _ in range(3)
     ]
     yield defer.gatherResults(short)
     yield tenant_daemon.wait_for_async(reactor, lambda e: len(tenant_daemon.named("call.ended")) >= 3)
+    # One call stays open while /metrics is scraped: 100 of its frames in and echoed, then the scrape.
+    long_call = yield threads.deferToThread(hostile.RawStream, port, headers={"X-Twilio-Signature": signature})
+    assert long_call.status == 101, long_call.response
+    yield threads.deferToThread(media_echoed, long_call, 0, 100, start={"businessId": "business-2"})
     during = yield threads.deferToThread(scrape, port)
     assert value(during, "voicebridge_calls_active") == 1
     assert value(during, "voicebridge_calls_active_by_tenant", tenant="business-2") == 1
     assert value(during, "voicebridge_calls_total", tenant="business-1", outcome="stop") == 3
     live_frames = value(during, "voicebridge_media_frames_total", direction="in")
-    assert 30 < live_frames < 280
+    assert live_frames == 30 + 100, "the live call's frames are counted while it goes on"
 
-    yield long_call.addTimeout(30, reactor)
+    yield threads.deferToThread(media_echoed, long_call, 100, 150, stop=True)
     yield tenant_daemon.wait_for_async(reactor, lambda e: len(tenant_daemon.named("call.ended")) >= 4)
     after = yield threads.deferToThread(scrape, port)
     assert value(after, "voicebridge_calls_active") == 0
@@ -104,6 +107,21 @@ def test_metrics_count_calls_refusals_media_and_webhooks(tenant_daemon):
     assert value(after, "voicebridge_call_duration_seconds_bucket", le="+Inf") == 4
     assert value(after, "voicebridge_webhook_seconds_count", status="200") == 1
     assert value(after, "voicebridge_calls_dropped_total", tenant="business-1") == 0
+
+
+def media_echoed(stream, first: int, count: int, start: dict | None = None, stop: bool = False) -> None:
+    """On a raw stream (blocking): ``start`` first if given, then ``count`` media frames, each echoed before the next."""
+    if start is not None:
+        stream.text(m.twilio_connected())
+        stream.text(m.twilio_start(SID, CALL, ACC, start))
+    for i in range(first, first + count):
+        stream.text(m.twilio_media(SID, bytes([i % 256]) * 160, i + 1, i * 20, i + 3))
+        opcode, echo = stream.next_message()
+        assert m.parse_outbound(echo).payload == bytes([i % 256]) * 160
+    if stop:
+        stream.text(m.twilio_stop(SID, CALL, ACC, first + count + 3))
+        assert stream.until_close(10)[0] == 1000
+        stream.sock.close()
 
 
 def test_call_totals_keep_outcomes_drops_errors_and_durations():

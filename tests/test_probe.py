@@ -473,9 +473,9 @@ def test_json_output(deployment):
     [
         (["voice.example.test/voice"], "is not an http(s):// webhook URL"),
         (["--connect-to", "a:b:c", WEBHOOK], "is not HOST:PORT:ADDR:PORT"),
-        (["--param", "novalue", WEBHOOK], "is not KEY=VALUE"),
+        (["--param", "novalue", WEBHOOK], "--param 'novalue' is not NAME=VALUE"),
         (["--seconds", "0", WEBHOOK], "--seconds must be"),
-        (["--cafile", "/nonexistent/ca.pem", WEBHOOK], "--cafile /nonexistent/ca.pem"),
+        (["--cafile", "/nonexistent/ca.pem", WEBHOOK], "--cafile: cannot read CA file /nonexistent/ca.pem"),
     ],
 )
 @pytest_twisted.inlineCallbacks

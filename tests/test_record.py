@@ -14,6 +14,7 @@ from tests.speech import reference_decode, speech  # noqa: F401  (speech is a fi
 from voicebridge.twiliosim import CallScript, play_call
 
 FRAME = 160
+WAV_HEADER = 44
 
 
 def read_wav(path):
@@ -28,10 +29,17 @@ def decoded(frames) -> list[int]:
     return [reference_decode(c) for frame in frames for c in frame]
 
 
-def sleep(seconds):
+@defer.inlineCallbacks
+def part_file_holding(directory, size: int, timeout: float = 15):
+    """The call's partial WAV once it holds more than ``size`` bytes (polled: the daemon writes about once a second)."""
     from twisted.internet import reactor
 
-    return task.deferLater(reactor, seconds, lambda: None)
+    for _ in range(int(timeout / 0.05)):
+        parts = list(directory.glob(".*.wav.part"))
+        if len(parts) == 1 and parts[0].stat().st_size > size:
+            return parts[0]
+        yield task.deferLater(reactor, 0.05, lambda: None)
+    raise AssertionError(f"no partial recording over {size} bytes in {directory}: {list(directory.iterdir())}")
 
 
 def saved(daemon, call_sid):
@@ -86,14 +94,12 @@ def test_kill_9_mid_call_leaves_no_file_under_a_final_name(start_daemon, tmp_pat
     daemon = start_daemon("--handler", "record", "--record-dir", str(tmp_path))
     call = play_call(reactor, daemon.url("/twilio-media", "ws"), long_call(speech, interval=0.005))
     yield daemon.wait_for_async(reactor, lambda e: e.get("event_name") == "record.started", 10)
-    yield sleep(1.5)  # some seconds of call are on disk by now
-    parts = list(tmp_path.glob(".*.wav.part"))
-    assert len(parts) == 1 and parts[0].stat().st_size > 44
+    part = yield part_file_holding(tmp_path, WAV_HEADER)  # audio is on disk, past the header
     daemon.signal(signal.SIGKILL)
     outcome = yield call.addTimeout(10, reactor)
     assert outcome.was_clean is False
     assert list(tmp_path.glob("*.wav")) == [] and list(tmp_path.glob("*.json")) == []
-    assert parts[0].exists(), "the partial recording stays aside, for salvage"
+    assert part.exists(), "the partial recording stays aside, for salvage"
 
 
 @pytest_twisted.inlineCallbacks
@@ -105,7 +111,7 @@ def test_shutdown_mid_call_still_saves_a_complete_recording(start_daemon, tmp_pa
     script = long_call(speech, interval=0.01)
     call = play_call(reactor, daemon.url("/twilio-media", "ws"), script)
     yield daemon.wait_for_async(reactor, lambda e: e.get("event_name") == "record.started", 10)
-    yield sleep(1.0)
+    yield part_file_holding(tmp_path, WAV_HEADER)  # a second of call is on disk (one flush)
     daemon.signal(signal.SIGTERM)
     outcome = yield call.addTimeout(15, reactor)
     assert outcome.close_code == 1001

@@ -21,6 +21,7 @@ import pytest
 from tests.daemon import REPO, Daemon, twist_command
 from tests.http import request
 from tests.nginx import free_port, wait_listening
+from voicebridge.drain import Drain
 from voicebridge.tap import Options
 
 UNITS = {
@@ -139,9 +140,9 @@ def test_unit_runs_the_daemon_as_documented(unit, tmp_path, pki):
     options.parseOptions([a.replace("%d", str(credentials)).replace("/etc/voicebridge/tls", str(tls_dir)) for a in argv[2:]])
     assert options["auth_token"] == "token-from-systemd"
     assert settings["LoadCredential"] == ["twilio-auth-token:/etc/voicebridge/twilio-auth-token"]
-    drain = options["drain-timeout"]
+    drain = options["limits"].drain_timeout
     stop = float(settings["TimeoutStopSec"][0])
-    assert stop > drain + 10, f"TimeoutStopSec={stop} must outlast the drain ({drain}s) and its close handshakes"
+    assert stop > drain + Drain.grace, f"TimeoutStopSec={stop} must outlast the drain ({drain}s) and its close handshakes"
 
 
 def test_tls_unit_binds_443_through_one_capability_only():

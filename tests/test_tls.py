@@ -290,3 +290,46 @@ def test_twisted_own_parser_would_drop_the_chain(pki):
     leaf = pki.leaf()
     (_, _, options), _ = _parseSSL(None, "443", privateKey=str(leaf.key), certKey=str(leaf.fullchain))
     assert not options.extraCertChain
+
+
+@pytest.mark.parametrize("dh", ["missing", "not-dh"])
+def test_bad_dh_parameters_stop_start_up_naming_the_flag(pki, tmp_path, dh):
+    """Every ssl: option OpenSSL would refuse is checked while the options are parsed: a usage error, no traceback."""
+    from tests.daemon import Daemon
+
+    leaf = pki.leaf()
+    path = tmp_path / "dh.pem"
+    if dh == "not-dh":
+        path.write_bytes(leaf.cert.read_bytes())  # a PEM file, but a certificate
+    listen = ssl_listen(leaf.key, leaf.fullchain, f":dhParameters={path}")
+    daemon = Daemon(["--listen", listen])
+    daemon.start(wait=False)
+    assert daemon.wait_exit(30) != 0
+    assert f"--listen {listen}: dhParameters {path}" in daemon.output, daemon.output[-2000:]
+    assert "Traceback" not in daemon.output
+
+
+# RFC 7919's ffdhe3072 group: standard parameters, so the test need not spend minutes generating its own.
+FFDHE3072_PRIME = int(
+    "FFFFFFFFFFFFFFFFADF85458A2BB4A9AAFDC5620273D3CF1D8B9C583CE2D3695A9E13641146433FBCC939DCE249B3EF9"
+    "7D2FE363630C75D8F681B202AEC4617AD3DF1ED5D5FD65612433F51F5F066ED0856365553DED1AF3B557135E7F57C935"
+    "984F0C70E0E68B77E2A689DAF3EFE8721DF158A136ADE73530ACCA4F483A797ABC0AB182B324FB61D108A94BB2C8E3FB"
+    "B96ADAB760D7F4681D4F42A3DE394DF4AE56EDE76372BB190B07A7C8EE0A6D709E02FCE1CDF7E2ECC03404CD28342F61"
+    "9172FE9CE98583FF8E4F1232EEF28183C3FE3B1B4C6FAD733BB5FCBC2EC22005C58EF1837D1683B2C6F34A26C1B2EFFA"
+    "886B4238611FCFDCDE355B3B6519035BBC34F4DEF99C023861B46FC9D6E6C9077AD91D2691F7F7EE598CB0FAC186D91C"
+    "AEFE130985139270B4130C93BC437944F4FD4452E2D74DD364F2E21E71F54BFF5CAE82AB9C9DF69EE86D2BC522363A0D"
+    "ABC521979B0DEADA1DBF9A42D5C4484E0ABCD06BFA53DDEF3C1B20EE3FD59D7C25E41D2B66C62E37FFFFFFFFFFFFFFFF",
+    16,
+)
+
+
+def test_good_dh_parameters_are_served(pki, tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import dh
+
+    path = tmp_path / "dh.pem"
+    parameters = dh.DHParameterNumbers(FFDHE3072_PRIME, 2).parameters()
+    path.write_bytes(parameters.parameter_bytes(serialization.Encoding.PEM, serialization.ParameterFormat.PKCS3))
+    leaf = pki.leaf()
+    built = tls.build(ssl_listen(leaf.key, leaf.fullchain, f":dhParameters={path}"))
+    assert built.options.getContext() is not None and built.spec.dh_parameters == str(path)

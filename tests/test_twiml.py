@@ -21,9 +21,10 @@ def test_stream_urls_twilio_refuses_are_never_answered(url):
         assert "31920" in str(info.value)
 
 
-def test_ws_scheme_is_a_warning_for_development():
-    assert twiml.check_stream_url("wss://h/twilio-media") == []
-    assert "31922" in twiml.check_stream_url("ws://127.0.0.1:8080/twilio-media")[0]
+def test_urls_that_work_only_locally_are_still_answered():
+    """ws://, a port, a loopback host: the webhook warns (diagnosis.check_url), but answers."""
+    assert twiml.check_stream_url("wss://h/twilio-media") is None
+    assert 'url="ws://127.0.0.1:8080/twilio-media"' in twiml.connect_stream("ws://127.0.0.1:8080/twilio-media", {})
 
 
 def test_parameters_over_twilio_limits_are_dropped_with_a_reason():

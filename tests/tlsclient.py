@@ -32,7 +32,7 @@ def handshake(port: int, cafile, hostname: str = "voice.example.test", version: 
 
 
 def trust_root(pki):
-    """The test root as a Twisted trust root, for ``twiliosim.play_call``."""
-    from twisted.internet.ssl import Certificate
+    """The test root as a Twisted trust root, for ``twiliosim.play_call``: read as the relay reads ``--relay-ca``."""
+    from voicebridge.wsclient import load_trust_root
 
-    return Certificate.loadPEM(pki.root_pem.read_bytes())
+    return load_trust_root(str(pki.root_pem))

@@ -58,8 +58,11 @@ class Admission:
             "set TWILIO_AUTH_TOKEN or --auth-token-file to accept Twilio",
         )
 
-    def webhook(self, client: str, url: str, form_pairs, signature: str | None, settings_header: str | None) -> Refusal | None:
-        if self.draining:
+    def webhook(
+        self, client: str, url: str, form_pairs, signature: str | None, settings_header: str | None, live_call: bool = False
+    ) -> Refusal | None:
+        """``live_call``: the request is about a call already in progress (``<Connect action>``): no drain refusal."""
+        if self.draining and not live_call:
             return DRAINING
         if self.checker is None:
             return self._development(client)
@@ -76,7 +79,10 @@ class Admission:
         return None
 
     def stream(self, client: str, stream_url: str, query: str, signature: str | None) -> Refusal | None:
-        if self.draining:
+        """During a drain, a handshake is still taken while a call the webhook answered has not connected:
+        it is that call's stream (reservations lapse after capacity.RESERVATION_SECONDS; the drain waits
+        for them drain.ANSWER_WAIT)."""
+        if self.draining and not (self.capacity is not None and self.capacity.expecting_stream()):
             return DRAINING
         if self.checker is None:
             return self._development(client) or self._handshake_capacity()
@@ -84,10 +90,11 @@ class Admission:
         if not signature:
             return Refusal(403, "signature-missing", f"no X-Twilio-Signature header (would check {candidates[0]})")
         if self.checker.valid_stream(candidates, signature) is None:
+            shown = ", ".join(mask_url(url, self.settings.show_numbers) for url in candidates)  # a query may carry numbers
             return Refusal(
                 403,
                 "signature-invalid",
-                f"X-Twilio-Signature matches none of {', '.join(candidates)}; is --public-url the URL configured in Twilio?",
+                f"X-Twilio-Signature matches none of {shown}; is --public-url the URL configured in Twilio?",
             )
         return self._handshake_capacity()
 

@@ -18,8 +18,9 @@ from voicebridge import messages
 from voicebridge.callguards import CallGuards
 from voicebridge.callstats import CallTotals
 from voicebridge.capacity import Capacity
+from voicebridge.config import NoTenant
 from voicebridge.connectaction import ConnectActions
-from voicebridge.logs import mask_number, mask_parameters, printable
+from voicebridge.logs import mask_parameters, printable
 
 HANDSHAKE = "handshake"
 STARTED = "started"
@@ -32,6 +33,9 @@ CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL_ERROR = 1011
+
+# How long the WebSocket close handshake may take (Autobahn's closeHandshakeTimeout for the streams).
+CLOSE_HANDSHAKE_TIMEOUT = 5.0
 
 # What Autobahn closes with when a peer breaks WebSocket itself, as protocol-error reasons.
 WEBSOCKET_FAILURES = {1002: "websocket-protocol", 1007: "invalid-utf8", 1009: "message-too-big"}
@@ -62,7 +66,8 @@ class Call:
         self.handler_name: str | None = None
         clock = registry.clock
         self.opened_at = clock.seconds()
-        self.started_at: float | None = None
+        self.start_received = False  # Twilio's start arrived (the call may still have been refused)
+        self.started_at: float | None = None  # ... and was accepted: the call is STARTED
         self.ended_at: float | None = None
         self.frames_in = self.frames_out = 0
         self.bytes_in = self.bytes_out = 0
@@ -91,7 +96,8 @@ class Call:
     # What log lines about this call carry.
     @property
     def ids(self) -> dict:
-        return {"callSid": self.call_sid or "-", "conn": self.conn}
+        """The SID is the peer's text: escaped, so a newline in it cannot forge a log line."""
+        return {"callSid": printable(self.call_sid, 64), "conn": self.conn}
 
     def __repr__(self):
         return f"<Call conn={self.conn} callSid={self.call_sid} state={self.state}>"
@@ -181,7 +187,6 @@ class Call:
     def protocol_error(self, reason: str, detail: str) -> None:
         """Counted always, logged once per call and reason: a misbehaving peer cannot flood the log."""
         self.errors[reason] += 1
-        self.registry.protocol_error(self, reason)
         if self.errors[reason] == 1:
             log.warn(
                 "protocol error callSid={callSid} conn={conn} reason={reason}: {detail}",
@@ -197,7 +202,11 @@ class Call:
         if self.frame is not None and self.state == HANDSHAKE and not self.opening_frames:
             self.opening_frames.append(self.frame)
         log.debug(
-            "connected protocol={protocol} version={version}", protocol=message.protocol, version=message.version, **self.ids
+            "connected protocol={protocol} version={version}",
+            event_name="call.connected",
+            protocol=printable(message.protocol, 40),
+            version=printable(message.version, 40),
+            **self.ids,
         )
 
     def _on_start(self, message: messages.Start) -> None:
@@ -210,19 +219,21 @@ class Call:
         self.parameters = {**self.query, **message.custom_parameters}
         if self.frame is not None:
             self.opening_frames.append(self.frame)
+        self.start_received = True
         try:
             tenant, handler_name, handler_cls, options = self.registry.route(self.parameters)
         except NoTenant as e:
             log.warn(
                 "call refused callSid={callSid}: {reason}",
                 event_name="call.no_tenant",
-                reason=str(e),
+                reason=e.describe(self.registry.show_numbers),
                 parameters=mask_parameters(self.parameters, self.registry.show_numbers),
                 **self.ids,
             )
-            self.end_reason = "refused"
+            self._end("refused")  # frames still in flight are the ended call's, not protocol errors
             self.link.close(CLOSE_POLICY, "no tenant for this call")
             return
+        self.tenant = tenant
         over = self.registry.capacity.admit_start(self.call_sid, tenant)
         if over is not None:
             self.exceeded("tenant-limit", over, event_name="call.over_limit")
@@ -230,31 +241,38 @@ class Call:
         self.state = STARTED
         self.started_at = self.registry.clock.seconds()
         self.guards.started()
-        self.tenant, self.handler_name = tenant, handler_name
+        self.handler_name = handler_name
         try:
             self.handler = handler_cls(self, options)
-        except Exception as e:
+        except Exception:
             self.handler = None
-            log.failure("no handler for callSid={callSid}: {error}", error=str(e), **self.ids)
-            self.end_reason = "error"
+            self.errors["handler-error"] += 1
+            log.failure(
+                "handler {handler} could not be created for callSid={callSid}; hanging up",
+                event_name="call.handler_error",
+                handler=handler_name,
+                method="__init__",
+                **self.ids,
+            )
+            self._end("error")  # ended before the frames in flight arrive: they are dropped quietly
             self.link.close(CLOSE_INTERNAL_ERROR, "no handler for this call")
             return
         if not self.handler.wants_frames:
             self.__dict__.pop("text_received", None)  # back to the plain method: nothing kept per frame
-        self.registry.started(self)
         log.info(
             "call started callSid={callSid} streamSid={streamSid} tenant={tenant} handler={handler} "
             "tracks={tracks} format={media_format} parameters={parameters}",
             event_name="call.started",
-            streamSid=self.stream_sid,
+            streamSid=printable(self.stream_sid, 64),
             tenant=self.tenant.id if self.tenant else "-",
             handler=self.handler_name,
-            tracks=",".join(message.tracks),
+            tracks=printable(",".join(message.tracks), 80),
             media_format=message.media_format,
             parameters=mask_parameters(self.parameters, self.registry.show_numbers),
             **self.ids,
         )
         self._handler("on_start", message)
+        self.opening_frames = []  # a handler that wants them took them in on_start
 
     def _check_stream(self, message, event: str) -> bool:
         if self.state == STOPPED and self.end_reason != "stop":
@@ -337,7 +355,7 @@ class Call:
             self.bytes_out += len(message.payload)
         elif kind is messages.Mark:
             self.marks_out += 1
-        self.link.send_text(data)
+        self._send(data)
 
     def watch_outbound(self, watcher) -> None:
         """Let ``watcher`` hear what this call sends Twilio: ``sent_audio(audio)``, ``sent_mark(name)``, ``sent_clear()``.
@@ -351,27 +369,38 @@ class Call:
         self.clear = self._clear_watched
         self.forward = self._forward_watched
 
+    # Each checks the state again after sending: the send may have ended the call (a slow reader),
+    # and a watcher must not hear what was never sent once it began stopping.
+
     def _send_audio_watched(self, audio: bytes) -> None:
         if self.state == STARTED:
             Call.send_audio(self, audio)
+            if self.state != STARTED:
+                return
             for watcher in self._watchers:
                 watcher.sent_audio(audio)
 
     def _send_mark_watched(self, name: str) -> None:
         if self.state == STARTED:
             Call.send_mark(self, name)
+            if self.state != STARTED:
+                return
             for watcher in self._watchers:
                 watcher.sent_mark(name)
 
     def _clear_watched(self) -> None:
         if self.state == STARTED:
             Call.clear(self)
+            if self.state != STARTED:
+                return
             for watcher in self._watchers:
                 watcher.sent_clear()
 
     def _forward_watched(self, message, data: bytes) -> None:
         if self.state == STARTED:
             Call.forward(self, message, data)
+            if self.state != STARTED:
+                return
             kind = type(message)
             for watcher in self._watchers:
                 if kind is messages.Media:
@@ -418,7 +447,12 @@ class Call:
             self._stop_done = defer.maybeDeferred(self.handler.on_stop, self.end_reason)
             self._stop_done.addErrback(
                 lambda f: log.failure(
-                    "handler {handler} failed to stop callSid={callSid}", f, handler=self.handler_name, **self.ids
+                    "handler {handler} failed to stop callSid={callSid}",
+                    f,
+                    event_name="call.handler_error",
+                    handler=self.handler_name,
+                    method="on_stop",
+                    **self.ids,
                 )
             )
         else:
@@ -434,6 +468,7 @@ class Call:
         self.errors["handler-error"] += 1
         log.failure(
             "handler {handler}.{method} failed callSid={callSid}; hanging up",
+            event_name="call.handler_error",
             handler=self.handler_name,
             method=method,
             **self.ids,
@@ -506,10 +541,6 @@ def handlers_in_use(resolved: dict) -> set[str]:
     return names
 
 
-class NoTenant(LookupError):
-    """The call names no known tenant, and the config refuses unknown tenants."""
-
-
 class CallRegistry:
     """The calls this process carries, and how a call finds its tenant and handler."""
 
@@ -522,20 +553,14 @@ class CallRegistry:
         self.draining = False
         self.totals = CallTotals()  # ended calls, for /metrics
         self._conns = itertools.count(1)
-        self._handlers = resolve_handlers(settings)
+        self._handlers = settings.handlers if settings.handlers is not None else resolve_handlers(settings)
         self.connect_actions = ConnectActions(clock)
         self.limits = settings.limits
         self.capacity = Capacity(self.limits.max_calls, clock, self)
 
     def route(self, parameters: dict) -> tuple:
         """(tenant, handler name, handler class, options) for a call with these parameters; raises NoTenant."""
-        business_id, number = parameters.get("businessId"), parameters.get("to")
-        tenant = self.config.tenant_for(business_id, number)
-        if tenant is None and self.config.tenants and self.config.unknown_tenant == "refuse":
-            raise NoTenant(
-                f"businessId {printable(business_id, 64)} and number {mask_number(number, self.show_numbers) or '-'} "
-                'match no tenant, and unknown tenants are refused (unknown_tenant = "refuse")'
-            )
+        tenant = self.config.tenant_for(parameters.get("businessId"), parameters.get("to"))
         name, cls, options = self._handlers[tenant.id if tenant is not None else None]
         return tenant, name, cls, options
 
@@ -549,18 +574,15 @@ class CallRegistry:
         self.calls.add(call)
         return call
 
-    def started(self, call: Call) -> None:
-        pass
-
     def closed(self, call: Call) -> None:
         self.calls.discard(call)
         self.totals.ended(call)
 
-    def protocol_error(self, call: Call, reason: str) -> None:
-        pass
-
     def handshake_refused(self, reason: str) -> None:
         self.totals.refused(reason)
+
+    def webhook_refused(self, endpoint: str, reason: str) -> None:
+        self.totals.webhook_refused(endpoint, reason)
 
     @property
     def active(self) -> int:

@@ -26,6 +26,7 @@ class CallTotals:
         self.dropped: Counter = Counter()  # tenant -> started calls whose stream went away without stop
         self.errors: Counter = Counter()  # reason -> protocol and handler errors
         self.refusals: Counter = Counter()  # reason -> refused stream handshakes
+        self.webhook_refusals: Counter = Counter()  # (endpoint, reason) -> refused webhook and connect-action requests
         self.frames_in = self.frames_out = 0
         self.bytes_in = self.bytes_out = 0
         self.duration_counts = [0] * len(DURATION_BUCKETS)  # per bucket, not cumulative
@@ -34,7 +35,8 @@ class CallTotals:
     def ended(self, call) -> None:
         tenant = tenant_label(call)
         started = call.started_at is not None
-        outcome = (call.end_reason or "closed") if started else NO_START
+        # A call refused at start (no tenant, tenant-limit) got a start: its outcome is why it was refused.
+        outcome = (call.end_reason or "closed") if call.start_received else NO_START
         self.calls[(tenant, outcome)] += 1
         if started and outcome == "closed":
             self.dropped[tenant] += 1
@@ -53,6 +55,9 @@ class CallTotals:
 
     def refused(self, reason: str) -> None:
         self.refusals[reason] += 1
+
+    def webhook_refused(self, endpoint: str, reason: str) -> None:
+        self.webhook_refusals[(endpoint, reason)] += 1
 
     @property
     def durations(self) -> list[tuple[float, int]]:

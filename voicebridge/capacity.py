@@ -15,13 +15,18 @@ slot until ``start`` or the start timeout; a handshake is taken to be the stream
 reservations, so the load is ``started + max(reserved, handshaking)``. Tenants count started
 calls and their own reservations. A reservation lapses after ``RESERVATION_SECONDS`` if no
 stream claims it (Twilio could not reach the stream URL, say).
+
+Reservations are kept with or without a limit: a drain still takes the streams of calls the
+webhook has just answered (``expecting_stream``), and waits for them.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections import OrderedDict
 
 RESERVATION_SECONDS = 30.0
+MAX_RESERVATIONS = 100_000  # without a limit, a bound on memory all the same (the oldest go first)
 
 
 class Capacity:
@@ -30,15 +35,29 @@ class Capacity:
         self.max_calls = max_calls
         self.clock = clock
         self.registry = registry
-        self._reserved: dict[str, tuple[str | None, float]] = {}  # CallSid -> (tenant id, expiry)
+        # CallSid -> (tenant id, expiry), oldest first: every reservation lasts the same time.
+        self._reserved: OrderedDict[str, tuple[str | None, float]] = OrderedDict()
         self._anonymous = itertools.count(1)
 
     # What the load is.
 
     def _expire(self) -> None:
         now = self.clock.seconds()
-        for sid in [sid for sid, (_, expires) in self._reserved.items() if expires <= now]:
+        while self._reserved:
+            sid, (_, expires) = next(iter(self._reserved.items()))
+            if expires > now:
+                break
             del self._reserved[sid]
+
+    def last_answered(self) -> float | None:
+        """When the newest reservation was made (the webhook's last ``<Connect>``), if any is held."""
+        self._expire()
+        return next(reversed(self._reserved.values()))[1] - RESERVATION_SECONDS if self._reserved else None
+
+    def expecting_stream(self) -> bool:
+        """A call the webhook answered has not connected its stream yet (a handshake is taken for one)."""
+        _, handshaking, reserved = self.counts()
+        return reserved > handshaking
 
     def counts(self) -> tuple[int, int, int]:
         """(started, handshaking, reserved)."""
@@ -58,18 +77,22 @@ class Capacity:
 
     def reserve(self, call_sid: str | None, tenant) -> str | None:
         """At the webhook: admit (and hold a slot for ``call_sid``) or say which limit is reached."""
-        if not self._limited(tenant):
-            return None
-        started, handshaking, reserved = self.counts()
-        if call_sid in self._reserved:
-            reserved -= 1  # Twilio asking again for the same call: it already holds its slot
-        if self.max_calls is not None and started + max(reserved + 1, handshaking) > self.max_calls:
-            return f"this daemon's limit of {self.max_calls} calls is reached (--max-calls)"
-        if tenant is not None and tenant.max_calls is not None:
-            if self._tenant_load(tenant.id, except_sid=call_sid) + 1 > tenant.max_calls:
-                return f"tenant {tenant.id}'s limit of {tenant.max_calls} calls is reached (max_calls)"
+        if self._limited(tenant):
+            started, handshaking, reserved = self.counts()
+            if call_sid in self._reserved:
+                reserved -= 1  # Twilio asking again for the same call: it already holds its slot
+            if self.max_calls is not None and started + max(reserved + 1, handshaking) > self.max_calls:
+                return f"this daemon's limit of {self.max_calls} calls is reached (--max-calls)"
+            if tenant is not None and tenant.max_calls is not None:
+                if self._tenant_load(tenant.id, except_sid=call_sid) + 1 > tenant.max_calls:
+                    return f"tenant {tenant.id}'s limit of {tenant.max_calls} calls is reached (max_calls)"
+        else:
+            self._expire()
         key = call_sid or f"anonymous-{next(self._anonymous)}"
+        self._reserved.pop(key, None)  # a repeat goes to the end, with a new expiry
         self._reserved[key] = (tenant.id if tenant is not None else None, self.clock.seconds() + RESERVATION_SECONDS)
+        while len(self._reserved) > MAX_RESERVATIONS:
+            self._reserved.popitem(last=False)
         return None
 
     def admit_handshake(self) -> str | None:

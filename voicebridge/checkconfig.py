@@ -14,8 +14,10 @@ import sys
 
 from twisted.python import usage
 
+from voicebridge.config import NoTenant
 from voicebridge.logs import redact_url
 
+REFUSED = object()
 _SECRET = re.compile(r"secret|token|password|passwd|key|credential|auth", re.IGNORECASE)
 
 
@@ -30,28 +32,27 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from voicebridge.calls import resolve_handlers
     from voicebridge.tap import Options
 
     options = Options()
-    try:
+    try:  # the daemon's own parsing, which resolves every handler (calls.resolve_handlers) as start-up does
         options.parseOptions(["--config", args.file, *args.options])
-        resolved = resolve_handlers(options.settings())
     except (usage.UsageError, ValueError, LookupError) as e:
         print(f"voicebridge check-config: {e}", file=sys.stderr)
         return 1
-    print(report(options.settings(), resolved))
+    settings = options.settings()
+    print(report(settings, settings.handlers))
     return 0
 
 
 def report(settings, resolved: dict) -> str:
     config = settings.config
     numbers = sum(len(t.numbers) for t in config.tenants.values())
-    unknown = (
-        "refused (<Reject/>)"
-        if config.tenants and config.unknown_tenant == "refuse"
-        else ("the [default] section" if config.default_tenant is not None else "no tenant")
-    )
+    try:
+        other = config.tenant_for(None, None)  # the daemon's own rule for a call that names no tenant
+    except NoTenant:
+        other = REFUSED
+    unknown = "refused (<Reject/>)" if other is REFUSED else ("the [default] section" if other is not None else "no tenant")
     lines = [
         f"{config.source}: valid. {len(config.tenants)} tenant(s), {numbers} number(s); unknown callers: {unknown}.",
         "",
@@ -60,12 +61,10 @@ def report(settings, resolved: dict) -> str:
     for tenant in config.tenants.values():
         for number in tenant.numbers or ("(businessId only)",):
             rows.append(_row(number, tenant, resolved[tenant.id]))
-    if config.tenants and config.unknown_tenant == "refuse":
+    if other is REFUSED:
         rows.append(("(other)", "-", "-", "-", "refused", "the webhook answers <Reject/>; a stream is closed (1008)"))
-    elif config.default_tenant is not None:
-        rows.append(_row("(other)", config.default_tenant, resolved[config.default_tenant.id]))
     else:
-        rows.append(_row("(other)", None, resolved[None]))
+        rows.append(_row("(other)", other, resolved[other.id if other is not None else None]))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])

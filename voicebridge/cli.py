@@ -20,6 +20,17 @@ SUBCOMMANDS = {
 }
 
 
+def name_value_pairs(items, flag: str = "") -> list[tuple[str, str]]:
+    """``["To=+1555", "x=a=b"]`` -> ``[("To", "+1555"), ("x", "a=b")]``; ValueError names the item (and the flag)."""
+    pairs = []
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"{flag + ' ' if flag else ''}{item!r} is not NAME=VALUE")
+        pairs.append((name, value))
+    return pairs
+
+
 def run_daemon(args: list[str]) -> int:
     """``voicebridge run ARGS`` is ``twist voicebridge ARGS``."""
     from twisted.application.twist._twist import Twist

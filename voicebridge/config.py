@@ -6,11 +6,13 @@ tenant section would otherwise route real calls somewhere unexpected.
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
 
 from voicebridge.limits import Limits
+from voicebridge.logs import mask_number, printable
 
 DEFAULT_HANDLER = "echo"
 UNKNOWN_TENANT_POLICIES = ("default", "refuse")
@@ -19,6 +21,22 @@ _TENANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 class ConfigError(ValueError):
     pass
+
+
+class NoTenant(LookupError):
+    """The call names no known tenant, and the config refuses unknown tenants."""
+
+    def __init__(self, business_id: str | None, number: str | None):
+        super().__init__("the call matches no tenant, and unknown tenants are refused")
+        self.business_id = business_id
+        self.number = number
+
+    def describe(self, show_numbers: bool = False) -> str:
+        """For the log: what the call named (its number masked), and why it is refused."""
+        return (
+            f"businessId {printable(self.business_id, 64)} and number {mask_number(self.number, show_numbers) or '-'} "
+            'match no tenant, and unknown tenants are refused (unknown_tenant = "refuse")'
+        )
 
 
 def normalize_number(number: str) -> str:
@@ -55,8 +73,9 @@ class Config:
     def tenant_for(self, business_id: str | None = None, number: str | None = None) -> Tenant | None:
         """The tenant a call belongs to: by business id first, then by the number called.
 
-        An unknown call gets the default section, or None when the policy is "refuse" (or no
-        default exists); callers decide what None means.
+        The one place that decides what a call naming no tenant gets: under ``unknown_tenant =
+        "refuse"`` it raises NoTenant; else it gets the [default] section, or None without one.
+        The webhook, the stream's start and check-config all ask here.
         """
         if business_id and business_id in self.tenants:
             return self.tenants[business_id]
@@ -66,15 +85,8 @@ class Config:
                 if wanted in tenant.numbers:
                     return tenant
         if self.unknown_tenant == "refuse":
-            return None
+            raise NoTenant(business_id, number)
         return self.default_tenant
-
-    def number_owner(self, number: str) -> Tenant | None:
-        wanted = normalize_number(number)
-        for tenant in self.tenants.values():
-            if wanted in tenant.numbers:
-                return tenant
-        return None
 
 
 _TENANT_KEYS = {"numbers", "plan", "handler", "handler_options", "max_calls"}
@@ -151,6 +163,13 @@ def parse_config(data: dict, source: str | None = None) -> Config:
     policy = data.get("unknown_tenant", "default")
     if policy not in UNKNOWN_TENANT_POLICIES:
         raise ConfigError(f"unknown_tenant: {policy!r} is not one of {', '.join(UNKNOWN_TENANT_POLICIES)}")
+    if policy == "refuse" and default is not None:
+        raise ConfigError(
+            'unknown_tenant = "refuse" refuses every call that names no tenant, so the [default] section would '
+            'never apply: remove one of them (unknown_tenant = "default" sends those calls to [default])'
+        )
+    if policy == "refuse" and not tenants:
+        raise ConfigError('unknown_tenant = "refuse" with no [tenants.ID] would refuse every call: add the tenants')
     return Config(
         handler=handler,
         handlers={k: dict(v) for k, v in handlers.items()},
@@ -182,6 +201,30 @@ class Secret(str):
         return "Secret('***')"
 
 
+TOKEN_VARIABLE = "TWILIO_AUTH_TOKEN"
+
+
+def read_auth_token(token_file: str | None = None, environ=os.environ) -> Secret | None:
+    """The Twilio auth token: from ``token_file`` (``--auth-token-file``) when given, else ``TWILIO_AUTH_TOKEN``.
+
+    None when neither gives one. A file that cannot be read, or is empty, is an error naming the
+    flag (ConfigError), never a silent "no token": the daemon, ``probe`` and ``sign`` all read it here.
+    """
+    if token_file:
+        try:
+            with open(token_file, encoding="utf-8") as f:
+                token = f.read().strip()
+        except OSError as e:
+            raise ConfigError(f"--auth-token-file {token_file}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"--auth-token-file {token_file} is not a text file") from None
+        if not token:
+            raise ConfigError(f"--auth-token-file {token_file} is empty")
+        return Secret(token)
+    token = environ.get(TOKEN_VARIABLE, "").strip()
+    return Secret(token) if token else None
+
+
 @dataclass
 class Settings:
     """Everything the running daemon needs, resolved from flags, environment and config file."""
@@ -193,11 +236,13 @@ class Settings:
     handler: str = DEFAULT_HANDLER
     handler_options: dict = field(default_factory=dict)
     config: Config = field(default_factory=Config)
-    max_message_size: int = 64 * 1024
     show_numbers: bool = False
-    drain_timeout: float = 300.0
     limits: Limits = field(default_factory=Limits)
+    # --listen ssl:... description -> its tls.ReloadableTLS, built and checked once at start-up.
+    tls: dict = field(default_factory=dict, repr=False)
+    # calls.resolve_handlers(this), resolved once at start-up; None: resolve when needed.
+    handlers: dict | None = field(default=None, repr=False)
 
     @property
-    def development(self) -> bool:
-        return not self.auth_token
+    def max_message_size(self) -> int:
+        return self.limits.max_message_size

@@ -4,7 +4,7 @@
 TwiML gave one, and runs the TwiML it gets back. A handler that needs a say in it (relay: "say a
 message and hang up" when the application behind it failed) records its wish here by CallSid;
 the webhook gives that handler's calls ``action="PUBLIC_URL/connect-action"``; the action request,
-signed like any webhook, is answered with the wish, or with ``<Hangup/>``.
+signed like any webhook (``voicebridge.twiliorequest``), is answered with the wish, or with ``<Hangup/>``.
 
 Wishes live in this process only, at most ``MAX_ENTRIES`` of them, each for ``TTL`` seconds:
 Twilio asks within moments of the stream closing, and an entry nobody asks for must not stay.
@@ -18,8 +18,7 @@ from twisted.logger import Logger
 
 from voicebridge import twiml
 from voicebridge.logs import printable
-from voicebridge.publicurl import PublicURLError, RequestView
-from voicebridge.webhook import VoiceWebhook
+from voicebridge.twiliorequest import TwilioRequest
 
 log = Logger(namespace="voicebridge.connectaction")
 
@@ -74,24 +73,23 @@ class ConnectActions:
         return len(self._entries)
 
 
-class ConnectActionResource(VoiceWebhook):
-    """``POST /connect-action``: Twilio asks what follows a stream that ended. Checked like the webhook."""
+class ConnectActionResource(TwilioRequest):
+    """``/connect-action``: Twilio asks what follows a stream that ended. Signed and checked like the webhook.
+
+    Twilio requests it with POST unless ``<Connect method="GET">`` says otherwise; a GET carries the
+    fields in its query string. It belongs to a call already in progress, so a drain serves it.
+    """
+
+    event_prefix = "connect_action"
+    endpoint = "connect-action"
+    live_call = True
 
     def __init__(self, actions: ConnectActions, settings, admission, urls):
         super().__init__(settings, admission, urls)
         self.actions = actions
 
-    def _answer(self, request, form_pairs):
-        view = RequestView.of(request)
-        client = self.urls.client(view)
-        try:
-            url = self.urls.request_url(view)
-        except PublicURLError as e:
-            return self._error(request, 400, "bad-host", str(e))
-        call_sid = dict(reversed(form_pairs)).get("CallSid") or ""
-        refused = self._refused(request, view, client, url, form_pairs, call_sid or "-")
-        if refused is not None:
-            return refused
+    def answer(self, request, view, fields):
+        call_sid = fields.get("CallSid") or ""
         wish = self.actions.take(call_sid) if call_sid else None
         if wish is None:
             body, answer, reason = twiml.hang_up(), "hangup", None
@@ -104,4 +102,4 @@ class ConnectActionResource(VoiceWebhook):
             answer=answer,
             because=reason or "-",
         )
-        return self._twiml(request, body)
+        return self.twiml(request, body)

@@ -24,9 +24,11 @@ class Limits:
     max_duration: float = 4 * 3600.0  # any call, from its handshake
     ping_interval: float = 20.0  # WebSocket ping after this much quiet, so dead peers are noticed
     ping_timeout: float = 20.0  # ... and no pong within this long -> drop
+    drain_timeout: float = 300.0  # on SIGTERM, live calls may go on this long before 1001
     # Size, in bytes.
     max_body_size: int = 64 * KIB  # an HTTP request body (the webhook's form)
     max_send_buffer: int = 1024 * KIB  # a call's outbound bytes queued beyond the socket's own buffer
+    max_message_size: int = 64 * KIB  # one WebSocket message (Twilio's are about 300 bytes)
     # Concurrency.
     max_calls: int | None = None  # calls in progress on this daemon; None: no limit
 
@@ -47,6 +49,8 @@ OPTIONS = [
     ("ping-timeout", "ping_timeout", float, "Seconds to wait for a pong before dropping the connection."),
     ("max-body-size", "max_body_size", int, "Largest HTTP request body, in bytes (413 beyond)."),
     ("max-send-buffer", "max_send_buffer", int, "Outbound bytes a call may queue for a peer that does not read (1008 beyond)."),
+    ("max-message-size", "max_message_size", int, "Largest WebSocket message accepted, in bytes (closes with 1009)."),
+    ("drain-timeout", "drain_timeout", float, "On SIGTERM, seconds live calls may go on before they are closed with 1001."),
 ]
 
 _DEFAULTS = {f.name: f.default for f in fields(Limits)}
@@ -60,7 +64,10 @@ _MINIMUM = {
     "ping_timeout": 1.0,
     "max_body_size": 1 * KIB,
     "max_send_buffer": 16 * KIB,
+    "max_message_size": 1 * KIB,
+    "drain_timeout": 0.0,  # close live calls at once
 }
+_MAXIMUM = {"drain_timeout": 86400.0}
 
 
 def opt_parameters() -> list:
@@ -79,6 +86,8 @@ def from_options(options) -> Limits:
         value = options[flag]
         if value is None:
             continue
+        if attr in _MAXIMUM and not (math.isfinite(value) and _MINIMUM[attr] <= value <= _MAXIMUM[attr]):
+            raise usage.UsageError(f"--{flag} must be between {_MINIMUM[attr]:g} and {_MAXIMUM[attr]:g}, got {value}")
         if not math.isfinite(value) or value < _MINIMUM[attr]:
             raise usage.UsageError(f"--{flag} must be at least {_MINIMUM[attr]}, got {value}")
         if attr == "ping_interval" and 0 < value < 1:

@@ -53,7 +53,8 @@ class CallCollector:
         yield active
         yield _counter(
             "voicebridge_calls",
-            "Calls ended, by tenant and outcome (stop, closed, hangup, error, shutdown, ...; no-start: closed before start)",
+            "Calls ended, by tenant and outcome (stop, closed, hangup, error, shutdown, refused, tenant-limit, ...; "
+            "no-start: closed before start arrived)",
             ["tenant", "outcome"],
             totals.calls,
         )
@@ -64,6 +65,12 @@ class CallCollector:
             totals.dropped,
         )
         yield _counter("voicebridge_handshake_refusals", "Stream upgrades refused, by reason", ["reason"], totals.refusals)
+        yield _counter(
+            "voicebridge_webhook_refusals",
+            "Webhook and connect-action requests refused, by endpoint and reason",
+            ["endpoint", "reason"],
+            totals.webhook_refusals,
+        )
         errors = Counter(totals.errors)
         for call in live:
             errors.update(call.errors)

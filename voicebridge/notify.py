@@ -35,7 +35,11 @@ def notify(*assignments: str, environ=os.environ) -> bool:
     if address is None:
         if value and not _warned:
             _warned = True
-            log.warn("NOTIFY_SOCKET={value!r} is not a path or @abstract name; systemd is not notified", value=value)
+            log.warn(
+                "NOTIFY_SOCKET={value!r} is not a path or @abstract name; systemd is not notified",
+                event_name="service.notify_failed",
+                value=value,
+            )
         return False
     message = "\n".join(assignments).encode("utf-8", "replace")
     try:
@@ -45,6 +49,11 @@ def notify(*assignments: str, environ=os.environ) -> bool:
     except OSError as e:
         if not _warned:
             _warned = True
-            log.warn("could not notify systemd at {address}: {error}", address=value, error=e.strerror or str(e))
+            log.warn(
+                "could not notify systemd at {address}: {error}",
+                event_name="service.notify_failed",
+                address=value,
+                error=e.strerror or str(e),
+            )
         return False
     return True

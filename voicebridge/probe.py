@@ -38,11 +38,13 @@ from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from voicebridge import diagnosis as dx
+from voicebridge.cli import name_value_pairs
+from voicebridge.config import ConfigError, Secret, read_auth_token
 from voicebridge.diagnosis import FAIL, OK, SKIP, STREAM, WARN, WEBHOOK, HTTPAnswer, Step
 from voicebridge.signatures import SignatureChecker
 from voicebridge.tlscheck import InspectingTLS
 from voicebridge.twiliosim import FRAME_MS, CallScript, new_sid, play_call
-from voicebridge.wsclient import endpoint_for
+from voicebridge.wsclient import endpoint_for, load_trust_root
 
 WEBHOOK_TIMEOUT = 15  # Twilio waits this long for the voice webhook
 MAX_REDIRECTS = 10
@@ -94,7 +96,7 @@ def parse_connect_to(spec: str) -> ConnectTo:
 @dataclass
 class ProbeOptions:
     url: str
-    auth_token: str | None = None
+    auth_token: str | None = field(default=None, repr=False)
     params: list = field(default_factory=list)
     seconds: float = 3.0
     cafile: str | None = None
@@ -118,7 +120,10 @@ class ProbeOptions:
         if self.expect not in ("media", "echo", "none"):
             raise UsageError("--expect is media, echo or none")
         if self.cafile:
-            load_cafile(self.cafile)
+            try:
+                load_trust_root(self.cafile)
+            except ValueError as e:
+                raise UsageError(f"--cafile: {e}") from None
 
     def route(self, host: str, port: int) -> tuple[str, int] | None:
         for rule in self.connect_to:
@@ -126,29 +131,6 @@ class ProbeOptions:
             if target is not None:
                 return target
         return None
-
-
-def load_cafile(path: str) -> list:
-    from cryptography import x509
-
-    try:
-        with open(path, "rb") as f:
-            certificates = x509.load_pem_x509_certificates(f.read())
-    except OSError as e:
-        raise UsageError(f"--cafile {path}: {e.strerror}") from None
-    except ValueError:
-        raise UsageError(f"--cafile {path} holds no PEM certificate") from None
-    return certificates
-
-
-def trust_root(cafile: str | None):
-    """The roots the probe trusts: the system's (as Twilio trusts the public CAs), or --cafile's."""
-    if not cafile:
-        return None
-    from OpenSSL.crypto import X509
-    from twisted.internet.ssl import Certificate, trustRootFromCertificates
-
-    return trustRootFromCertificates([Certificate(X509.from_cryptography(c)) for c in load_cafile(cafile)])
 
 
 def twilio_form(call_sid: str, account_sid: str, extra: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -349,7 +331,8 @@ class Probe:
         self.reactor = reactor
         self.options = options
         self.signer = SignatureChecker(options.auth_token) if options.auth_token else None
-        self.trust = trust_root(options.cafile)
+        # The roots the probe trusts: the system's (as Twilio trusts the public CAs), or --cafile's.
+        self.trust = load_trust_root(options.cafile) if options.cafile else None
         self.steps: list[Step] = []
         self._tls: dict[Origin, object] = {}
         self._pool = HTTPConnectionPool(reactor, persistent=False)
@@ -839,24 +822,17 @@ def add_arguments(parser) -> None:
 
 
 def options_from(args, environ=os.environ) -> ProbeOptions:
-    token = args.auth_token
-    if token is None and args.auth_token_file:
-        try:
-            with open(args.auth_token_file, encoding="utf-8") as f:
-                token = f.read().strip()
-        except OSError as e:
-            raise UsageError(f"--auth-token-file {args.auth_token_file}: {e.strerror}") from None
-    if token is None:
-        token = environ.get("TWILIO_AUTH_TOKEN", "")
-    params = []
-    for item in args.param:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise UsageError(f"--param {item!r} is not KEY=VALUE")
-        params.append((name, value))
+    try:
+        if args.auth_token is not None:
+            token = Secret(args.auth_token.strip()) or None
+        else:
+            token = read_auth_token(args.auth_token_file, environ)
+        params = name_value_pairs(args.param, "--param")
+    except (ConfigError, ValueError) as e:
+        raise UsageError(str(e)) from None
     return ProbeOptions(
         url=args.url,
-        auth_token=token.strip() or None,
+        auth_token=token,
         params=params,
         seconds=args.seconds,
         cafile=args.cafile,

@@ -60,7 +60,8 @@ def part_path(path: str) -> str:
 
 
 class Recording:
-    """Streams one call to disk. Not thread-safe: events come from the reactor; ``finish`` may run in a thread after the last."""
+    """Streams one call to disk. Not thread-safe: events come from the reactor; ``finish`` may run in a thread
+    once ``finishing`` is set, after which events are no-ops."""
 
     def __init__(self, directory: str, name: str):
         self.wav_path = os.path.join(directory, name + ".wav")
@@ -96,6 +97,9 @@ class Recording:
         self.dtmf: list[dict] = []
         self.marks_sent: list[dict] = []
         self.marks_played: list[dict] = []
+        # Set on the reactor's thread before ``finish`` goes to a thread: from then on every event is
+        # ignored, so nothing touches the buffers ``finish`` is writing.
+        self.finishing = False
         self.closed = False
 
     @property
@@ -109,6 +113,8 @@ class Recording:
     # The caller.
 
     def caller(self, ulaw: bytes, timestamp_ms: int) -> None:
+        if self.finishing:
+            return
         counts = self.counts
         counts["framesIn"] += 1
         counts["bytesIn"] += len(ulaw)
@@ -133,14 +139,20 @@ class Recording:
             self._flush(self.now)
 
     def dtmf_received(self, digit: str) -> None:
+        if self.finishing:
+            return
         self._event(self.dtmf, {"digit": digit, "atMs": self.now_ms})
 
     def mark_played(self, name: str) -> None:
+        if self.finishing:
+            return
         self._event(self.marks_played, {"name": name, "atMs": self.now_ms})
 
     # What was sent back.
 
     def sent(self, ulaw: bytes) -> None:
+        if self.finishing:
+            return
         counts = self.counts
         counts["framesOut"] += 1
         counts["bytesOut"] += len(ulaw)
@@ -153,9 +165,13 @@ class Recording:
         self._sent += ulaw
 
     def mark_sent(self, name: str) -> None:
+        if self.finishing:
+            return
         self._event(self.marks_sent, {"name": name, "atMs": max(self.now, self.sent_end) // SAMPLES_PER_MS})
 
     def cleared(self) -> None:
+        if self.finishing:
+            return
         self.counts["clears"] += 1
         queued = self.sent_end - self.now
         if queued > 0:
@@ -165,7 +181,11 @@ class Recording:
     # The end.
 
     def finish(self, sidecar: dict) -> tuple[str, str]:
-        """Write what is held, complete the WAV, fsync and rename; then the sidecar. Blocking: call it off the reactor."""
+        """Write what is held, complete the WAV, fsync and rename; then the sidecar. Blocking: call it off the reactor.
+
+        Set ``finishing`` on the reactor's thread first (``RecordHandler`` does): events after it are ignored.
+        """
+        self.finishing = True
         end = max(self.now, self.sent_end)
         self._flush(end)
         self._wav.close()  # patches the RIFF and data lengths

@@ -34,19 +34,20 @@ def describe_address(kind: str, address) -> str:
 class ListenService(Service):
     """One ``--listen`` endpoint. A port that cannot be bound stops start-up with the reason."""
 
-    def __init__(self, description: str, factory, reactor):
+    def __init__(self, description: str, factory, reactor, tls_settings: tls.ReloadableTLS | None = None):
+        """``tls_settings``: for an ``ssl:`` description, what start-up built and checked (else built here)."""
         self.description = description
         self.factory = factory
         self.reactor = reactor
         self.port = None
         self.listening: defer.Deferred | None = None
-        self.tls: tls.ReloadableTLS | None = None
+        self.tls: tls.ReloadableTLS | None = tls_settings
 
     def privilegedStartService(self):
         # Bind here, before twistd drops privileges, so ports below 1024 work with --uid.
         if tls.is_ssl(self.description):
             # Twisted's ssl: parser keeps only the first certificate of certKey: build it here.
-            endpoint, self.tls = tls.server_endpoint(self.reactor, self.description)
+            endpoint, self.tls = tls.server_endpoint(self.reactor, self.description, self.tls)
         else:
             endpoint = serverFromString(self.reactor, self.description)
         self.listening = endpoint.listen(self.factory)
@@ -57,7 +58,8 @@ class ListenService(Service):
         self.port = outcome[0] if outcome else None
         self.listening = defer.succeed(self.port) if outcome else self.listening
         if self.tls is not None and self.port is not None:
-            self.tls.listener = self.address  # reload logs name the bound address
+            self.tls.listener = self.address  # its logs name the bound address
+            self.tls.announce()
         super().privilegedStartService()
 
     def startService(self):
@@ -92,9 +94,9 @@ class VoiceBridgeService(MultiService):
         self.urls = urls
         self.reactor = reactor
         self.listeners = []
-        self.drain = Drain(registry, reactor, settings.drain_timeout)
+        self.drain = Drain(registry, reactor, settings.limits.drain_timeout)
         for description in settings.listen:
-            listener = ListenService(description, site, reactor)
+            listener = ListenService(description, site, reactor, settings.tls.get(description))
             listener.setServiceParent(self)
             self.listeners.append(listener)
 

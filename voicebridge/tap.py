@@ -8,7 +8,7 @@ from twisted.python import usage
 
 from voicebridge import handlers, limits, tls
 from voicebridge.calls import handlers_in_use, resolve_handlers
-from voicebridge.config import DEFAULT_HANDLER, Config, ConfigError, Secret, Settings, load_config
+from voicebridge.config import DEFAULT_HANDLER, Config, ConfigError, Settings, load_config, read_auth_token
 from voicebridge.publicurl import PublicURLError, PublicURLs, TrustedProxies, parse_public_url
 
 DEFAULT_PORT = 8080
@@ -22,17 +22,6 @@ def default_listen(environ=os.environ) -> str:
             raise usage.UsageError(f"PORT={port!r} is not a TCP port number")
         return f"tcp:{port}"
     return f"tcp:{DEFAULT_PORT}"
-
-
-def read_token_file(path: str) -> Secret:
-    try:
-        with open(path, encoding="utf-8") as f:
-            token = f.read().strip()
-    except OSError as e:
-        raise usage.UsageError(f"--auth-token-file {path}: {e.strerror}") from None
-    if not token:
-        raise usage.UsageError(f"--auth-token-file {path} is empty")
-    return Secret(token)
 
 
 # flag -> (handler, option): the same settings as the config file's [handlers.NAME] tables.
@@ -61,8 +50,6 @@ class Options(usage.Options):
         ["config", "c", None, "TOML file with tenants and handler settings."],
         ["handler", None, None, f"Handler for calls whose tenant names none (default: {DEFAULT_HANDLER})."],
         ["auth-token-file", None, None, "File holding the Twilio auth token (else TWILIO_AUTH_TOKEN)."],
-        ["max-message-size", None, 64 * 1024, "Largest WebSocket message accepted, in bytes (closes with 1009).", int],
-        ["drain-timeout", None, 300.0, "On SIGTERM, seconds live calls may go on before they are closed with 1001.", float],
         *limits.opt_parameters(),
         # Handler settings: each flag is one option of one handler (HANDLER_FLAGS), as in [handlers.NAME].
         ["record-dir", None, None, "record: directory for each call's WAV and JSON files."],
@@ -111,33 +98,23 @@ class Options(usage.Options):
             TrustedProxies(self["trusted_proxies"])
         except PublicURLError as e:
             raise usage.UsageError(str(e)) from None
-        if self["auth-token-file"]:
-            self["auth_token"] = read_token_file(self["auth-token-file"])
-        else:
-            token = os.environ.get("TWILIO_AUTH_TOKEN", "").strip()
-            self["auth_token"] = Secret(token) if token else None
         try:
+            self["auth_token"] = read_auth_token(self["auth-token-file"])
             self["config_obj"] = load_config(self["config"]) if self["config"] else Config()
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
-        if not 0 <= self["drain-timeout"] <= 86400:
-            raise usage.UsageError("--drain-timeout must be between 0 and 86400 seconds")
+        self["tls"] = {}
         for description in self["listen"]:
             if tls.is_ssl(description):
-                try:
-                    spec = tls.parse_ssl(description)
+                try:  # read and checked by OpenSSL once, here: unusable files stop start-up with the flag named
+                    self["tls"][description] = tls.build(description)
                 except tls.TLSConfigError as e:
                     raise usage.UsageError(str(e)) from None
-                try:
-                    tls.load_material(spec.private_key, spec.cert_key, spec.extra_chain)  # unusable files stop start-up here
-                except tls.TLSConfigError as e:
-                    raise usage.UsageError(f"--listen {description}: {e}") from None
-        if self["max-message-size"] < 1024:
-            raise usage.UsageError("--max-message-size must be at least 1024 bytes")
         self["limits"] = limits.from_options(self)
         self["handler_name"] = self["handler"] or self["config_obj"].handler or DEFAULT_HANDLER
-        try:
-            resolved = resolve_handlers(self.settings())
+        self["handlers"] = None
+        try:  # once, here: the daemon and check-config use what is resolved
+            self["handlers"] = resolved = resolve_handlers(self.settings())
         except (ValueError, handlers.UnknownHandler) as e:
             raise usage.UsageError(str(e)) from None
         unused = set(self.handler_options()) - handlers_in_use(resolved)
@@ -165,10 +142,10 @@ class Options(usage.Options):
             handler=self["handler_name"],
             handler_options=self.handler_options(),
             config=self["config_obj"],
-            max_message_size=self["max-message-size"],
             show_numbers=bool(self["show-numbers"]),
-            drain_timeout=self["drain-timeout"],
             limits=self["limits"],
+            tls=dict(self["tls"]),
+            handlers=self["handlers"],
         )
 
 

@@ -18,12 +18,15 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from OpenSSL import SSL
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.interfaces import IOpenSSLContextFactory, IOpenSSLServerConnectionCreator
 from twisted.internet.ssl import CertificateOptions, DiffieHellmanParameters, TLSVersion
 from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 from zope.interface import implementer
+
+from voicebridge.tlscheck import dns_names
 
 log = Logger(namespace="voicebridge.tls")
 
@@ -138,14 +141,6 @@ def _public(key) -> bytes:
     return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def _names(cert: x509.Certificate) -> list[str]:
-    try:
-        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return [a.value for a in cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)]
-    return [str(n) for n in sans.get_values_for_type(x509.DNSName)] + [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)]
-
-
 @dataclass(frozen=True)
 class Material:
     """A private key with its certificate chain (leaf first), and what is worth warning about."""
@@ -168,7 +163,7 @@ class Material:
     def summary(self) -> dict:
         return {
             "subject": self.leaf.subject.rfc4514_string(),
-            "names": _names(self.leaf),
+            "names": dns_names(self.leaf),  # what clients check (RFC 6125): a certificate without them names nothing
             "issuer": self.leaf.issuer.rfc4514_string(),
             "not_after": self.not_after.isoformat(),
             "chain_length": len(self.chain),
@@ -229,10 +224,14 @@ def load_material(
 
 
 def certificate_options(material: Material, dh_parameters: str | None = None) -> CertificateOptions:
-    """Twisted's TLS settings for this material: the whole chain, TLS 1.2 or newer."""
+    """Twisted's TLS settings for this material: the whole chain, TLS 1.2 or newer. Checked by OpenSSL now."""
     dh = None
     if dh_parameters:
         _read(dh_parameters, "dhParameters")
+        try:
+            SSL.Context(SSL.TLS_METHOD).load_tmp_dh(dh_parameters.encode())
+        except SSL.Error as e:
+            raise TLSConfigError(f"dhParameters {dh_parameters}: OpenSSL cannot read DH parameters from it ({e})") from None
         dh = DiffieHellmanParameters.fromFile(FilePath(dh_parameters))
     options = CertificateOptions(  # cryptography objects: pyOpenSSL >= 24.3 takes them, and deprecates its own
         privateKey=material.key,
@@ -253,10 +252,14 @@ class ReloadableTLS:
     """The TLS side of one ``ssl:`` listener; every new connection gets the current certificate."""
 
     def __init__(self, spec: TLSListen, listener: str = ""):
+        """Reads and checks everything now (raises TLSConfigError); says nothing until ``announce()``."""
         self.spec = spec
         self.listener = listener or f"ssl:{spec.port}"
         self.material = self._load()
         self.options = certificate_options(self.material, spec.dh_parameters)
+
+    def announce(self) -> None:
+        """Log what is served (``tls.loaded``), once the listener is bound and has its address."""
         self._announce("tls.loaded", "serving")
 
     def _load(self) -> Material:
@@ -307,9 +310,18 @@ class ReloadableTLS:
         return self.options.getContext()
 
 
-def server_endpoint(reactor, description: str) -> tuple[SSL4ServerEndpoint, ReloadableTLS]:
-    """The endpoint for an ``ssl:`` description, and its reloadable TLS settings."""
+def build(description: str) -> ReloadableTLS:
+    """Everything an ``ssl:`` listener serves, read and checked by OpenSSL; TLSConfigError names the flag."""
     spec = parse_ssl(description)
-    tls = ReloadableTLS(spec, f"ssl:{spec.port}")
+    try:
+        return ReloadableTLS(spec, f"ssl:{spec.port}")
+    except TLSConfigError as e:
+        raise TLSConfigError(f"--listen {description}: {e}") from None
+
+
+def server_endpoint(reactor, description: str, tls: ReloadableTLS | None = None) -> tuple[SSL4ServerEndpoint, ReloadableTLS]:
+    """The endpoint for an ``ssl:`` description, and its reloadable TLS settings (``tls``: as built at start-up)."""
+    tls = tls or build(description)
+    spec = tls.spec
     endpoint = SSL4ServerEndpoint(reactor, spec.port, tls, backlog=spec.backlog, interface=spec.interface)
     return endpoint, tls

@@ -17,8 +17,12 @@ class StreamURLError(ValueError):
     """A stream URL Twilio would refuse; the message names the Twilio error a call would show."""
 
 
-def check_stream_url(url: str) -> list[str]:
-    """Return warnings for a stream URL that works only for local development; raise for one Twilio rejects."""
+def check_stream_url(url: str) -> None:
+    """Raise for a stream URL that must never be answered (Twilio refuses it, or it is not a WebSocket URL).
+
+    What would only fail for a real call (``ws://``, a port other than 443, a host Twilio cannot
+    reach) is ``diagnosis.check_url``'s to say: the webhook warns with it, as the probe does.
+    """
     parts = urlsplit(url)
     if parts.query or url.endswith("?"):
         raise StreamURLError(
@@ -28,9 +32,6 @@ def check_stream_url(url: str) -> list[str]:
         raise StreamURLError(f"stream url {url!r} has a fragment")
     if parts.scheme not in ("wss", "ws") or not parts.hostname:
         raise StreamURLError(f"stream url {url!r} is not a ws(s):// url with a host")
-    if parts.scheme == "ws":
-        return [f"stream url {url} is ws://; Twilio requires wss:// (error 31922): set --public-url https://..."]
-    return []
 
 
 def fit_parameters(parameters: dict[str, str]) -> tuple[dict[str, str], list[str]]:

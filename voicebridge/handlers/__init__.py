@@ -72,7 +72,9 @@ class Handler:
         """Audio sent before ``send_mark(name)`` has played (or was cleared)."""
 
     def on_stop(self, reason: str):
-        """The stream ended (``stop``, ``closed``, ``hangup``, ``error``, ``drain``).
+        """The stream ended: ``reason`` is the call's end reason, as ``call.ended`` logs it: ``stop`` (Twilio's),
+        ``closed``, ``hangup``, ``error``, ``shutdown`` (a drain closed it), a bound (``idle-timeout``,
+        ``max-duration``, ``slow-reader``, ``message-too-big``, ...) or a handler's own (``relay-failed``).
 
         May return a Deferred; the call is not forgotten until it fires.
         """

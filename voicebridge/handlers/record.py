@@ -105,15 +105,15 @@ class RecordHandler(Handler):
     # What the call sends (Call.watch_outbound).
 
     def sent_audio(self, audio: bytes) -> None:
-        if self.recording is not None and not self.recording.closed:
-            self.recording.sent(audio)
+        if self.recording is not None:
+            self.recording.sent(audio)  # a no-op once the recording is finishing
 
     def sent_mark(self, name: str) -> None:
-        if self.recording is not None and not self.recording.closed:
+        if self.recording is not None:
             self.recording.mark_sent(name)
 
     def sent_clear(self) -> None:
-        if self.recording is not None and not self.recording.closed:
+        if self.recording is not None:
             self.recording.cleared()
 
     # The end: the inner handler stops first (it may still send), then the files are completed.
@@ -122,7 +122,12 @@ class RecordHandler(Handler):
         inner_done = defer.maybeDeferred(self.inner.on_stop, reason) if self.inner is not None else defer.succeed(None)
         inner_done.addErrback(
             lambda f: log.failure(
-                "handler {handler} failed to stop callSid={callSid}", f, handler=self.inner_name, **self.call.ids
+                "handler {handler} failed to stop callSid={callSid}",
+                f,
+                event_name="call.handler_error",
+                handler=self.inner_name,
+                method="on_stop",
+                **self.call.ids,
             )
         )
         if self.recording is None:
@@ -145,6 +150,7 @@ class RecordHandler(Handler):
             "stoppedAt": _iso(clock.seconds()),
             "endReason": reason,
         }
+        recording.finishing = True  # here, on the reactor's thread: nothing reaches the recording from now on
         if IReactorThreads.providedBy(clock):
             # fsync can take a while on a busy disk: not on the reactor's thread.
             saving = threads.deferToThreadPool(clock, clock.getThreadPool(), recording.finish, sidecar)

@@ -1,6 +1,6 @@
 """Cost per 20 ms frame of the handler hooks and of recording, in one process, no sockets.
 
-    python bench/handlers.py [FRAMES]
+    python benchmarks/handlers.py [FRAMES]
 
 Prints microseconds per frame (and frames per second of one core; best of 5 runs) for a call dispatching Twilio
 media frames: with echo alone; with echo recorded (outbound watching plus the WAV writer); with a
