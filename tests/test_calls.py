@@ -205,6 +205,8 @@ def test_sids_from_the_peer_cannot_break_a_log_line():
     reg, _ = registry()
     call, _ = new_call(reg)
     call.text_received(m.twilio_start(SID, "CA1\nforged event_name=call.ended", ACC, {}))
+    assert call.errors["bad-field"] == 1 and call.state == "handshake", "a SID that is not a SID starts nothing"
+    call.call_sid = "CA1\nforged"  # and were one ever to get through, the log escapes it
     assert "\n" not in call.ids["callSid"] and call.ids["callSid"].startswith("CA1\\n")
 
 

@@ -248,7 +248,7 @@ def test_a_reservation_is_taken_by_its_own_start():
     start(call, "CA1", {"to": "+15550100"})
     assert link.closed is None
     intruder, link = new_call(reg)
-    start(intruder, "CA-not-answered", {"to": "+15550100"})
+    start(intruder, "CAnotanswered", {"to": "+15550100"})
     assert link.closed[0] == 1008, "CA2 still holds the tenant's second slot"
 
 

@@ -72,14 +72,34 @@ def test_a_handler_that_wants_frames_sees_them_byte_for_byte(extra_handlers):
     assert call.frame is None, "the frame is kept only while it is dispatched"
 
 
-def test_other_calls_go_back_to_the_plain_path_at_start():
-    reg, _ = registry()
+class FrameSpy(Handler):
+    """Notes whether the raw frame was at hand while its media was handled."""
+
+    def on_media(self, audio, timestamp):
+        self.call.spied = self.call.frame
+
+
+def test_other_calls_go_back_to_the_plain_path_at_start(monkeypatch):
+    from voicebridge import handlers
+
+    monkeypatch.setitem(handlers.BUILTIN, "spy", "tests.test_handler_interface:FrameSpy")
+    reg, _ = registry(handler="spy")
     call, _ = new_call(reg)
-    assert "text_received" in call.__dict__, "before start, connected and start are kept"
-    call.text_received(m.twilio_start(SID, CALL, ACC))
-    assert "text_received" not in call.__dict__ and "send_audio" not in call.__dict__
-    call.text_received(m.twilio_media(SID, b"x" * 160, 1, 0, 2))
-    assert call.frames_out == 1
+    start = m.twilio_start(SID, CALL, ACC)
+    call.text_received(start)
+    assert not call.keeps_frames and call.opening_frames == []
+    media = m.twilio_media(SID, b"x" * 160, 1, 0, 2)
+    call.text_received(media)
+    assert call.spied is None and call.frames_in == 1, "media took the plain path: no frame kept"
+    FrameSpy.wants_frames = True
+    try:
+        reg2, _ = registry(handler="spy")
+        keeper, _ = new_call(reg2)
+        keeper.text_received(start)
+        keeper.text_received(media)
+        assert keeper.keeps_frames and keeper.spied == media and keeper.frame is None
+    finally:
+        FrameSpy.wants_frames = False
 
 
 class Watcher:

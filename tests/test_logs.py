@@ -28,17 +28,17 @@ FORGED = "\nforged-line event_name=call.ended"
 
 @pytest_twisted.inlineCallbacks
 def test_a_newline_in_a_callsid_never_makes_a_second_log_line(start_daemon):
-    """The text format writes the message as is: every SID from the peer is escaped before it gets there."""
+    """The text format writes the message as is: every SID from the peer is escaped or refused before it gets there."""
     from twisted.internet import reactor
 
-    daemon = start_daemon(command=[*twist_command(), "--log-format=text", "voicebridge"])
+    daemon = start_daemon("--start-timeout", "1", command=[*twist_command(), "--log-format=text", "voicebridge"])
     form = call_form(call_sid="CA1" + FORGED)
     assert post_form(daemon.port, "/voice", form)[0] == 200
     script = CallScript(frames=3, call_sid="CA2" + FORGED, stream_sid="MZ2" + FORGED)
     outcome = yield play_call(reactor, daemon.url("/twilio-media", "ws"), script)
-    assert outcome.close_code == 1000
+    assert outcome.close_code == 1008, "its start was refused, so the start timeout ended it"
     yield daemon.wait_for_async(reactor, lambda e: "call ended" in e.get("raw", ""))
     lines = daemon.output.splitlines()
     assert any("webhook callSid=CA1\\nforged-line" in line for line in lines), daemon.output[-3000:]
-    assert any("call started callSid=CA2\\nforged-line" in line for line in lines)
+    assert any("reason=bad-field" in line and "start.streamSid" in line for line in lines), daemon.output[-3000:]
     assert not [line for line in lines if line.startswith("forged-line")], "no line was forged"

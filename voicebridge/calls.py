@@ -77,10 +77,12 @@ class Call:
         self.close_code: int | None = None
         self.finished = defer.Deferred()
         self._stop_done: defer.Deferred | None = None
-        # The raw frame being dispatched, kept only while it is needed (see _text_received_keeping_frames).
+        # The raw frame being dispatched, while it is dispatched: always before ``start`` (so
+        # ``connected`` and ``start`` are kept as received, in ``opening_frames``), and after it
+        # only for a handler with ``wants_frames`` (a relay forwards Twilio's frames byte for byte).
         self.frame: bytes | None = None
         self.opening_frames: list[bytes] = []
-        self.text_received = self._text_received_keeping_frames
+        self.keeps_frames = False
         self.guards = CallGuards(self, registry.limits, clock)
         self._seconds = clock.seconds
         self._dispatch = {
@@ -122,30 +124,21 @@ class Call:
             )
 
     def text_received(self, data: bytes) -> None:
-        if self.state == STARTED:
+        if self.state == STARTED and not self.keeps_frames:
             # The hot path: this call's media frame in Twilio's shape. Everything else, and
             # every mistake, goes the full way below.
             fields = messages.media_fields(data)
             if fields is not None and fields[0] == self.stream_sid:
                 self._media(fields[1], fields[2])
                 return
-        try:
-            message = messages.parse(data)
-        except messages.MessageError as e:
-            self.protocol_error(e.reason, e.detail)
-            return
-        self._dispatch[type(message)](message)
-
-    def _text_received_keeping_frames(self, data: bytes) -> None:
-        """``text_received`` with the frame at hand as ``self.frame`` while it is dispatched.
-
-        In use until ``start`` (so ``connected`` and ``start`` are kept as received, in
-        ``opening_frames``) and after it only for a handler with ``wants_frames`` (a relay forwards
-        Twilio's frames byte for byte). Other calls go back to plain ``text_received`` at start.
-        """
         self.frame = data
         try:
-            Call.text_received(self, data)
+            try:
+                message = messages.parse(data)
+            except messages.MessageError as e:
+                self.protocol_error(e.reason, e.detail)
+                return
+            self._dispatch[type(message)](message)
         finally:
             self.frame = None
 
@@ -257,8 +250,7 @@ class Call:
             self._end("error")  # ended before the frames in flight arrive: they are dropped quietly
             self.link.close(CLOSE_INTERNAL_ERROR, "no handler for this call")
             return
-        if not self.handler.wants_frames:
-            self.__dict__.pop("text_received", None)  # back to the plain method: nothing kept per frame
+        self.keeps_frames = bool(self.handler.wants_frames)
         log.info(
             "call started callSid={callSid} streamSid={streamSid} tenant={tenant} handler={handler} "
             "tracks={tracks} format={media_format} parameters={parameters}",

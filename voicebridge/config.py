@@ -242,7 +242,3 @@ class Settings:
     tls: dict = field(default_factory=dict, repr=False)
     # calls.resolve_handlers(this), resolved once at start-up; None: resolve when needed.
     handlers: dict | None = field(default=None, repr=False)
-
-    @property
-    def max_message_size(self) -> int:
-        return self.limits.max_message_size

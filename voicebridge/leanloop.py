@@ -61,7 +61,9 @@ def _poll(self, timeout):
             try:
                 dispatch(selectable, fd, event)
             except Exception:  # what callWithLogger caught: never let one socket stop the loop
-                log.failure("unhandled error handling an event for {selectable}", selectable=selectable)
+                log.failure(
+                    "unhandled error handling an event for {selectable}", event_name="reactor.io_error", selectable=selectable
+                )
 
 
 def write_now(transport, data: bytes) -> None:

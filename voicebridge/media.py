@@ -14,7 +14,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
-from voicebridge.calls import CLOSE_NORMAL
+from voicebridge.calls import CLOSE_HANDSHAKE_TIMEOUT, CLOSE_NORMAL
 from voicebridge.logs import mask_url, printable
 from voicebridge.publicurl import PublicURLError, RequestView, header
 from voicebridge.wsfast import FastTextFrames
@@ -185,10 +185,11 @@ class MediaStreamProtocol(FastTextFrames, WebSocketServerProtocol):
     def failHandshake(self, reason, code=400, responseHeaders=None):
         self.factory.registry.handshake_refused("invalid-handshake")
         log.warn(
-            "stream handshake refused by the WebSocket layer status={status}: {reason}",
+            "stream handshake refused by the WebSocket layer status={status} reason={reason}: {message}",
             event_name="handshake.refused",
             status=code,
-            reason=printable(reason, 200),
+            reason="invalid-handshake",
+            message=printable(reason, 200),
         )
         return super().failHandshake(reason, code, responseHeaders)
 
@@ -219,11 +220,11 @@ class MediaStreamFactory(WebSocketServerFactory):
         self.urls = urls
         limits = settings.limits
         self.setProtocolOptions(
-            maxMessagePayloadSize=settings.max_message_size,
-            maxFramePayloadSize=settings.max_message_size,
+            maxMessagePayloadSize=limits.max_message_size,
+            maxFramePayloadSize=limits.max_message_size,
             failByDrop=False,  # a broken frame gets its close code (1002, 1007, 1009), not a bare TCP reset
             openHandshakeTimeout=limits.handshake_timeout,
-            closeHandshakeTimeout=5,
+            closeHandshakeTimeout=CLOSE_HANDSHAKE_TIMEOUT,  # the drain's grace counts on it
             autoPingInterval=limits.ping_interval,
             autoPingTimeout=limits.ping_timeout,
             webStatus=False,

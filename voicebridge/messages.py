@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import re
 from dataclasses import dataclass, field
 
 import orjson
@@ -113,8 +114,21 @@ def _number(value, where: str, default=None) -> int | None:
     raise MessageError("bad-field", f"{where} must be a non-negative integer, got {value!r:.40}")
 
 
+# Twilio's SIDs are two letters and 32 hex digits; this admits any short token of letters and
+# digits, and nothing that could break a log line or a file name built from it.
+_SID = re.compile(r"[A-Za-z0-9]{1,64}")
+
+
+def _sid(value, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise MessageError("missing-field", f"{where} must be a non-empty string")
+    if not _SID.fullmatch(value):
+        raise MessageError("bad-field", f"{where} must be letters and digits (a Twilio SID), got {value!r:.40}")
+    return value
+
+
 def _stream_sid(obj: dict, event: str) -> str:
-    return _text(obj, "streamSid", event)
+    return _sid(obj.get("streamSid"), f"{event}.streamSid")
 
 
 def _parse_connected(obj):
@@ -123,9 +137,7 @@ def _parse_connected(obj):
 
 def _parse_start(obj):
     start = _section(obj, "start")
-    sid = obj.get("streamSid") or start.get("streamSid")
-    if not isinstance(sid, str) or not sid:
-        raise MessageError("missing-field", "start.streamSid must be a non-empty string")
+    sid = _sid(obj.get("streamSid") or start.get("streamSid"), "start.streamSid")
     params = start.get("customParameters") or {}
     if not isinstance(params, dict):
         raise MessageError("bad-field", "start.customParameters must be an object")
@@ -137,8 +149,8 @@ def _parse_start(obj):
         raise MessageError("bad-field", "start.mediaFormat must be an object")
     return Start(
         stream_sid=sid,
-        call_sid=_text(start, "callSid", "start"),
-        account_sid=str(start.get("accountSid") or ""),
+        call_sid=_sid(start.get("callSid"), "start.callSid"),
+        account_sid=_sid(start["accountSid"], "start.accountSid") if start.get("accountSid") else "",
         tracks=tuple(tracks),
         custom_parameters={str(k): str(v) for k, v in params.items()},
         media_format=media_format,
