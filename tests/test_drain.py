@@ -275,3 +275,24 @@ def test_an_answered_call_whose_stream_never_comes_is_waited_for_a_while():
     assert admission.stream("127.0.0.1", "ws://h/twilio-media", "", None) is None, "still its stream, while the process runs"
     clock.advance(RESERVATION_SECONDS)
     assert admission.stream("127.0.0.1", "ws://h/twilio-media", "", None) is DRAINING
+
+
+@pytest.mark.parametrize("handler", ["sigTerm", "sigInt"])
+def test_the_reactors_own_signal_handlers_lead_to_the_drain_too(handler):
+    """Between the reactor installing its handlers and the service installing ours, a signal goes to
+    the reactor's: it must start the same drain, and not mark the process to exit "killed by signal"."""
+    from twisted.internet.selectreactor import SelectReactor
+
+    from voicebridge.signals import ProcessSignals
+
+    reactor = SelectReactor()
+    cuts = []
+    signals = ProcessSignals(reactor, lambda: cuts.append(True), lambda: None)
+    reactor.startRunning(installSignalHandlers=False)  # running, without touching this process's handlers
+    getattr(reactor, handler)(signal.SIGTERM, None)  # what the reactor's installed handler calls
+    reactor.runUntilCurrent()  # the handler only schedules; the work runs in the reactor
+    assert signals.stop_requests == 1 and cuts == []
+    assert getattr(reactor, "_exitSignal", None) is None, "twist would re-raise the signal at exit"
+    getattr(reactor, handler)(signal.SIGINT, None)
+    reactor.runUntilCurrent()
+    assert signals.stop_requests == 2 and cuts == [True], "a second signal exits at once"

@@ -33,6 +33,11 @@ class ProcessSignals(Service):
         self.on_reload = on_reload
         self.stop_requests = 0
         self.installed = False
+        # The reactor installs its own SIGTERM/SIGINT handlers as it starts, before the services
+        # start and ours replace them; they call these methods, captured when the reactor starts
+        # (after makeService). Route them here too, so a signal in that window drains and exits 0
+        # like any other rather than making twist exit "killed by signal".
+        reactor.sigTerm = reactor.sigInt = self._stop_signal
 
     def startService(self):
         super().startService()
