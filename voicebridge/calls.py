@@ -232,6 +232,7 @@ class Call:
             self.exceeded("tenant-limit", over, event_name="call.over_limit")
             return
         self.state = STARTED
+        self.registry.census_changed()
         self.started_at = self.registry.clock.seconds()
         self.guards.started()
         self.handler_name = handler_name
@@ -435,6 +436,7 @@ class Call:
             self.end_reason = reason
         was_started = self.state == STARTED
         self.state = STOPPED
+        self.registry.census_changed()
         if was_started and self.handler is not None:
             self._stop_done = defer.maybeDeferred(self.handler.on_stop, self.end_reason)
             self._stop_done.addErrback(
@@ -549,6 +551,7 @@ class CallRegistry:
         self.connect_actions = ConnectActions(clock)
         self.limits = settings.limits
         self.capacity = Capacity(self.limits.max_calls, clock, self)
+        self.on_census = None  # under --workers: tells the other workers when census() changes
 
     def route(self, parameters: dict) -> tuple:
         """(tenant, handler name, handler class, options) for a call with these parameters; raises NoTenant."""
@@ -564,11 +567,17 @@ class CallRegistry:
     def new_call(self, link, client: str, query: dict[str, str]) -> Call:
         call = Call(self, link, client, query, next(self._conns))
         self.calls.add(call)
+        self.census_changed()
         return call
 
     def closed(self, call: Call) -> None:
         self.calls.discard(call)
         self.totals.ended(call)
+        self.census_changed()
+
+    def census_changed(self) -> None:
+        if self.on_census is not None:
+            self.on_census()
 
     def handshake_refused(self, reason: str) -> None:
         self.totals.refused(reason)
@@ -591,4 +600,12 @@ class CallRegistry:
         return started, handshaking
 
     def started_for(self, tenant_id: str) -> int:
-        return sum(1 for c in self.calls if c.state == STARTED and c.tenant is not None and c.tenant.id == tenant_id)
+        return self.started_by_tenant().get(tenant_id, 0)
+
+    def started_by_tenant(self) -> dict[str, int]:
+        """Started calls per tenant id (calls without a tenant are not counted against any)."""
+        counts: dict[str, int] = {}
+        for call in self.calls:
+            if call.state == STARTED and call.tenant is not None:
+                counts[call.tenant.id] = counts.get(call.tenant.id, 0) + 1
+        return counts

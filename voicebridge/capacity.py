@@ -18,15 +18,38 @@ stream claims it (Twilio could not reach the stream URL, say).
 
 Reservations are kept with or without a limit: a drain still takes the streams of calls the
 webhook has just answered (``expecting_stream``), and waits for them.
+
+Under ``--workers`` each worker's ``peers`` (voicebridge/peers.py) add the other workers'
+calls to the load, and every reservation is shared: a webhook answered by one worker reserves
+the slot in all of them, and the ``start`` that takes it, on whichever worker the stream landed,
+frees it in all of them. A claim that overtakes its reservation on the way is remembered, so the
+late reservation is not held as a phantom slot.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 from collections import OrderedDict
 
 RESERVATION_SECONDS = 30.0
 MAX_RESERVATIONS = 100_000  # without a limit, a bound on memory all the same (the oldest go first)
+
+
+class NoPeers:
+    """A process on its own: nobody else carries calls, nobody hears of reservations."""
+
+    def census(self) -> tuple[int, int]:
+        return 0, 0
+
+    def started_for(self, tenant_id: str) -> int:
+        return 0
+
+    def reserved(self, call_sid: str, tenant_id: str | None, seconds: float) -> None:
+        pass
+
+    def claimed(self, call_sid: str) -> None:
+        pass
 
 
 class Capacity:
@@ -35,19 +58,29 @@ class Capacity:
         self.max_calls = max_calls
         self.clock = clock
         self.registry = registry
+        self.peers = NoPeers()
+        self.shared = False
         # CallSid -> (tenant id, expiry), oldest first: every reservation lasts the same time.
         self._reserved: OrderedDict[str, tuple[str | None, float]] = OrderedDict()
+        # CallSid -> expiry of the claims heard (workers only): a reservation arriving after its claim is dropped.
+        self._claimed: OrderedDict[str, float] = OrderedDict()
         self._anonymous = itertools.count(1)
+        self._anonymous_prefix = f"anonymous-{os.getpid()}-"  # unique across workers too
+
+    def share_with(self, peers) -> None:
+        """Under ``--workers``: ``peers`` answers ``census()`` and ``started_for()`` for the other workers,
+        and hears of every reservation made and claimed here."""
+        self.peers = peers
+        self.shared = True
 
     # What the load is.
 
     def _expire(self) -> None:
         now = self.clock.seconds()
-        while self._reserved:
-            sid, (_, expires) = next(iter(self._reserved.items()))
-            if expires > now:
-                break
-            del self._reserved[sid]
+        while self._reserved and next(iter(self._reserved.values()))[1] <= now:
+            self._reserved.popitem(last=False)
+        while self._claimed and next(iter(self._claimed.values())) <= now:
+            self._claimed.popitem(last=False)
 
     def last_answered(self) -> float | None:
         """When the newest reservation was made (the webhook's last ``<Connect>``), if any is held."""
@@ -63,10 +96,11 @@ class Capacity:
         """(started, handshaking, reserved)."""
         self._expire()
         started, handshaking = self.registry.census()
-        return started, handshaking, len(self._reserved)
+        peers_started, peers_handshaking = self.peers.census()
+        return started + peers_started, handshaking + peers_handshaking, len(self._reserved)
 
     def _tenant_load(self, tenant_id: str, except_sid: str | None = None) -> int:
-        started = self.registry.started_for(tenant_id)
+        started = self.registry.started_for(tenant_id) + self.peers.started_for(tenant_id)
         reserved = sum(1 for sid, (t, _) in self._reserved.items() if t == tenant_id and sid != except_sid)
         return started + reserved
 
@@ -88,12 +122,34 @@ class Capacity:
                     return f"tenant {tenant.id}'s limit of {tenant.max_calls} calls is reached (max_calls)"
         else:
             self._expire()
-        key = call_sid or f"anonymous-{next(self._anonymous)}"
+        key = call_sid or f"{self._anonymous_prefix}{next(self._anonymous)}"
+        tenant_id = tenant.id if tenant is not None else None
+        self._hold(key, tenant_id, RESERVATION_SECONDS)
+        self.peers.reserved(key, tenant_id, RESERVATION_SECONDS)
+        return None
+
+    def _hold(self, key: str, tenant_id: str | None, seconds: float) -> None:
         self._reserved.pop(key, None)  # a repeat goes to the end, with a new expiry
-        self._reserved[key] = (tenant.id if tenant is not None else None, self.clock.seconds() + RESERVATION_SECONDS)
+        self._reserved[key] = (tenant_id, self.clock.seconds() + seconds)
         while len(self._reserved) > MAX_RESERVATIONS:
             self._reserved.popitem(last=False)
-        return None
+
+    # What the other workers did (``--workers``).
+
+    def peer_reserved(self, call_sid: str, tenant_id: str | None, seconds: float) -> None:
+        self._expire()
+        if call_sid not in self._claimed:
+            self._hold(call_sid, tenant_id, min(seconds, RESERVATION_SECONDS))
+
+    def peer_claimed(self, call_sid: str) -> None:
+        self._reserved.pop(call_sid, None)
+        self._remember_claim(call_sid)
+
+    def _remember_claim(self, call_sid: str) -> None:
+        self._claimed.pop(call_sid, None)
+        self._claimed[call_sid] = self.clock.seconds() + RESERVATION_SECONDS
+        while len(self._claimed) > MAX_RESERVATIONS:
+            self._claimed.popitem(last=False)
 
     def admit_handshake(self) -> str | None:
         """At the stream handshake (this call is not yet among ``calls``)."""
@@ -111,6 +167,9 @@ class Capacity:
         """At ``start``: the call takes its reservation; refused when its tenant is full (the call is not yet STARTED)."""
         self._expire()
         self._reserved.pop(call_sid, None)
+        if self.shared:
+            self._remember_claim(call_sid)
+            self.peers.claimed(call_sid)  # the reservation may be held by the worker that answered the webhook
         if tenant is not None and tenant.max_calls is not None:
             if self._tenant_load(tenant.id) + 1 > tenant.max_calls:
                 return f"tenant {tenant.id}'s limit of {tenant.max_calls} calls is reached (max_calls)"

@@ -4,21 +4,29 @@ The media path pays nothing per frame: ``CallCollector`` reads the counters the 
 keep (and the registry's totals of ended calls) when Prometheus scrapes. Only the webhook, once
 per request, observes a Histogram. Each daemon has its own ``CollectorRegistry``, never the
 process-global one, so several services (and tests) can live in one process.
+
+Under ``--workers`` a scrape reaches one worker, which gathers the others' families through the
+supervisor and merges them (``merge_families``): one answer for the whole machine.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 
 from prometheus_client import CollectorRegistry, Histogram, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import Metric
+from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from voicebridge import __version__
 from voicebridge.callstats import tenant_label
+
+log = Logger(namespace="voicebridge.metrics")
 
 WEBHOOK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0)
 
@@ -91,10 +99,64 @@ class CallCollector:
         yield durations
 
 
+# Merging workers' families: amounts add up; these are not amounts.
+_EARLIEST = {"process_start_time_seconds"}  # and every ``*_created`` sample
+_HIGHEST = {"voicebridge_build_info", "voicebridge_draining", "process_max_fds", "python_info"}
+
+
+def _wire_value(value: float):
+    return value if math.isfinite(value) else repr(value)  # JSON has no inf or nan
+
+
+def families_to_wire(registry) -> list:
+    """A registry's families as plain lists, for one worker to send another (JSON)."""
+    return [
+        [m.name, m.documentation, m.type, m.unit, [[s.name, s.labels, _wire_value(s.value)] for s in m.samples]]
+        for m in registry.collect()
+    ]
+
+
+def merge_families(wires: list[list]) -> list[Metric]:
+    """Several processes' families (``families_to_wire``) as one: samples with the same name and labels
+    are summed, but for start and creation times (the earliest) and flags and versions (the highest)."""
+    merged: dict[str, tuple[Metric, dict]] = {}
+    for wire in wires:
+        for name, documentation, typ, unit, samples in wire:
+            if name not in merged:
+                merged[name] = (Metric(name, documentation, typ, unit), {})
+            values = merged[name][1]
+            for sample_name, labels, value in samples:
+                key = (sample_name, tuple(sorted(labels.items())))
+                value = float(value)
+                if key not in values:
+                    values[key] = value
+                elif sample_name.endswith("_created") or name in _EARLIEST:
+                    values[key] = min(values[key], value)
+                elif name in _HIGHEST:
+                    values[key] = max(values[key], value)
+                else:
+                    values[key] += value
+    for metric, values in merged.values():
+        for (sample_name, labels), value in values.items():
+            metric.add_sample(sample_name, dict(labels), value)
+    return [metric for metric, _ in merged.values()]
+
+
+class _Families:
+    """What an encoder wants of a registry: ``collect()``."""
+
+    def __init__(self, families):
+        self.families = families
+
+    def collect(self):
+        return iter(self.families)
+
+
 class Metrics:
     """One daemon's metrics: the registry, the webhook timer, and the ``/metrics`` resource."""
 
     def __init__(self, calls):
+        self.peers = None  # under --workers: gathers the other workers' families (peers.SupervisorLink)
         self.registry = CollectorRegistry()
         self.registry.register(CallCollector(calls))
         ProcessCollector(registry=self.registry)
@@ -111,7 +173,24 @@ class Metrics:
         return TimedResource(resource, self.webhook_seconds)
 
     def resource(self) -> Resource:
-        return MetricsResource(self.registry)
+        return MetricsResource(self)
+
+    def share_with(self, peers) -> None:
+        self.peers = peers
+
+    def wire(self) -> list:
+        return families_to_wire(self.registry)
+
+    def machine(self, others: list[list]) -> _Families:
+        """This process's families merged with the other workers', and how many answered."""
+        families = merge_families([self.wire(), *others])
+        workers = GaugeMetricFamily(
+            "voicebridge_workers", "Workers that answered this scrape, and those that did not", labels=["state"]
+        )
+        answered = 1 + len(others)
+        workers.add_metric(["answered"], answered)
+        workers.add_metric(["missing"], max(self.peers.workers - answered, 0))
+        return _Families([*families, workers])
 
 
 class TimedResource(Resource):
@@ -142,12 +221,28 @@ class MetricsResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, registry: CollectorRegistry):
+    def __init__(self, metrics: Metrics):
         super().__init__()
-        self.registry = registry
+        self.metrics = metrics
 
     def render_GET(self, request):
         encoder, content_type = choose_encoder((request.getHeader(b"accept") or b"").decode("latin-1"))
         request.setHeader(b"Content-Type", content_type.encode("ascii"))
         request.setHeader(b"Cache-Control", b"no-store")
-        return encoder(self.registry)
+        if self.metrics.peers is None:
+            return encoder(self.metrics.registry)
+        finished = []
+        request.notifyFinish().addBoth(finished.append)
+
+        def answer(others):
+            try:
+                body = encoder(self.metrics.machine(others))
+            except Exception:  # a worker's families that do not merge: this worker's own, rather than nothing
+                log.failure("could not merge the workers' metrics", event_name="metrics.merge_failed")
+                body = encoder(self.metrics.registry)
+            if not finished:  # the scraper may have gone
+                request.write(body)
+                request.finish()
+
+        self.metrics.peers.gather_metrics().addCallback(answer)
+        return NOT_DONE_YET

@@ -7,13 +7,15 @@ the calls before the ports close.
 
 from __future__ import annotations
 
+import os
+
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from voicebridge import tls
+from voicebridge import sockets, tls
 from voicebridge.drain import Drain
 from voicebridge.notify import notify
 
@@ -31,6 +33,16 @@ def describe_address(kind: str, address) -> str:
     return f"{kind} {name.decode() if isinstance(name, bytes) else name}" if name else f"{kind} {address}"
 
 
+def listen_now(endpoint, factory):
+    """``endpoint.listen(factory)``'s port if it answers at once (tcp, ssl, unix, systemd do), else None.
+    One that cannot bind raises here, so start-up stops with the reason."""
+    outcome = []
+    endpoint.listen(factory).addBoth(outcome.append)
+    if outcome and isinstance(outcome[0], Failure):
+        outcome[0].raiseException()
+    return outcome[0] if outcome else None
+
+
 class ListenService(Service):
     """One ``--listen`` endpoint. A port that cannot be bound stops start-up with the reason."""
 
@@ -40,30 +52,28 @@ class ListenService(Service):
         self.factory = factory
         self.reactor = reactor
         self.port = None
-        self.listening: defer.Deferred | None = None
+        self.bound = False
         self.tls: tls.ReloadableTLS | None = tls_settings
 
-    def privilegedStartService(self):
-        # Bind here, before twistd drops privileges, so ports below 1024 work with --uid.
+    def listen(self, factory) -> defer.Deferred:
         if tls.is_ssl(self.description):
             # Twisted's ssl: parser keeps only the first certificate of certKey: build it here.
             endpoint, self.tls = tls.server_endpoint(self.reactor, self.description, self.tls)
         else:
             endpoint = serverFromString(self.reactor, self.description)
-        self.listening = endpoint.listen(self.factory)
-        outcome = []
-        self.listening.addBoth(outcome.append)
-        if outcome and isinstance(outcome[0], Failure):
-            outcome[0].raiseException()
-        self.port = outcome[0] if outcome else None
-        self.listening = defer.succeed(self.port) if outcome else self.listening
+        return endpoint.listen(factory)
+
+    def privilegedStartService(self):
+        # Bind here, before twistd drops privileges, so ports below 1024 work with --uid.
+        self.port = listen_now(self, self.factory)
+        self.bound = True
         if self.tls is not None and self.port is not None:
             self.tls.listener = self.address  # its logs name the bound address
             self.tls.announce()
         super().privilegedStartService()
 
     def startService(self):
-        if self.listening is None:
+        if not self.bound:
             self.privilegedStartService()
         super().startService()
 
@@ -81,10 +91,32 @@ class ListenService(Service):
         return describe_address(self.description.split(":", 1)[0], self.port.getHost())
 
 
-class VoiceBridgeService(MultiService):
-    """The daemon: listeners as children; on stop, a drain lets live calls end before the ports close."""
+class AdoptedListenService(ListenService):
+    """A worker's ``--listen`` endpoint: a socket the supervisor bound (voicebridge/sockets.py)."""
 
-    def __init__(self, settings, registry, site, admission, urls, reactor):
+    def __init__(self, description: str, fd: int, factory, reactor, tls_settings: tls.ReloadableTLS | None = None):
+        super().__init__(description, factory, reactor, tls_settings)
+        self.fd = fd
+
+    def listen(self, factory) -> defer.Deferred:
+        spec = sockets.parse_listen(self.description)
+        if spec.kind == "ssl" and self.tls is None:
+            self.tls = tls.build(self.description)
+        try:
+            return defer.succeed(sockets.adopt(self.reactor, self.fd, spec, factory, self.tls))
+        finally:
+            os.close(self.fd)  # the port holds its own duplicate
+
+
+class VoiceBridgeService(MultiService):
+    """The daemon: listeners as children; on stop, a drain lets live calls end before the ports close.
+
+    ``listeners``: the ``ListenService``s to serve on (default: one per ``--listen``). ``link``: a
+    worker's ``SupervisorLink``, which is told when the service listens, and holds the ports open
+    after the drain until every worker has drained.
+    """
+
+    def __init__(self, settings, registry, site, admission, urls, reactor, listeners=None, link=None):
         super().__init__()
         self.setName("voicebridge")
         self.settings = settings
@@ -93,17 +125,30 @@ class VoiceBridgeService(MultiService):
         self.admission = admission
         self.urls = urls
         self.reactor = reactor
-        self.listeners = []
+        self.link = link
         self.drain = Drain(registry, reactor, settings.limits.drain_timeout)
-        for description in settings.listen:
-            listener = ListenService(description, site, reactor, settings.tls.get(description))
+        if listeners is None:
+            listeners = [ListenService(d, site, reactor, settings.tls.get(d)) for d in settings.listen]
+        self.listeners = listeners
+        for listener in listeners:
             listener.setServiceParent(self)
-            self.listeners.append(listener)
+        if link is not None:
+            link.setServiceParent(self)
 
     def startService(self):
         super().startService()
+        addresses = [listener.address for listener in self.listeners]
+        if self.link is not None:
+            log.info(
+                "worker {worker} listening on {addresses}",
+                event_name="worker.listening",
+                worker=self.link.spec.index,
+                addresses=", ".join(addresses),
+            )
+            self.link.ready(addresses)
+            return
         self.banner()
-        notify("READY=1", f"STATUS=listening on {', '.join(listener.address for listener in self.listeners)}")
+        notify("READY=1", f"STATUS=listening on {', '.join(addresses)}")
 
     def reload(self) -> None:
         """SIGHUP: load renewed TLS certificates; live connections keep theirs."""
@@ -115,36 +160,40 @@ class VoiceBridgeService(MultiService):
         notify(f"STATUS=certificate reload: {sum(results)} of {len(results)} listener(s) reloaded")
 
     def banner(self) -> None:
-        settings = self.settings
-        addresses = ", ".join(listener.address for listener in self.listeners)
         ports = [listener.port.getHost().port for listener in self.listeners if hasattr(listener.port.getHost(), "port")]
-        if self.urls.public_url:
-            stream_url = (
-                self.urls.public_url.replace("https://", "wss://", 1).replace("http://", "ws://", 1) + self.urls.stream_path
-            )
-        else:
-            stream_url = f"derived per request from Host (wss://HOST{self.urls.stream_path}); set --public-url"
-        tenants = ", ".join(sorted(settings.config.tenants)) or "none"
-        log.info(
-            "voicebridge listening on {addresses}; public url {public_url}; stream url given to Twilio: {stream_url}; "
-            "signatures {signatures}; handler {handler}; tenants {tenants}",
-            event_name="service.listening",
-            addresses=addresses,
-            listening_ports=ports,
-            public_url=self.urls.public_url or "not set",
-            stream_url=stream_url,
-            signatures="enforced" if self.admission.enforcing else "NOT CHECKED (development mode)",
-            handler=settings.handler,
-            tenants=tenants,
-        )
-        if not self.admission.enforcing:
-            log.warn(
-                "DEVELOPMENT MODE: no Twilio auth token (TWILIO_AUTH_TOKEN or --auth-token-file), so signatures "
-                "are not checked and only loopback clients (127.0.0.1, ::1) are served. Do not expose this to Twilio.",
-                event_name="service.development_mode",
-            )
+        banner(self.settings, self.urls, [listener.address for listener in self.listeners], ports)
 
     @defer.inlineCallbacks
     def stopService(self):
         yield self.drain.run()
+        if self.link is not None:
+            yield self.link.released()
         yield super().stopService()
+
+
+def banner(settings, urls, addresses: list[str], ports: list[int], **extra) -> None:
+    """The start-up banner: what is served where, what Twilio is told, whether signatures count."""
+    if urls.public_url:
+        stream_url = urls.public_url.replace("https://", "wss://", 1).replace("http://", "ws://", 1) + urls.stream_path
+    else:
+        stream_url = f"derived per request from Host (wss://HOST{urls.stream_path}); set --public-url"
+    enforcing = bool(settings.auth_token)
+    log.info(
+        "voicebridge listening on {addresses}; public url {public_url}; stream url given to Twilio: {stream_url}; "
+        "signatures {signatures}; handler {handler}; tenants {tenants}" + "".join(f"; {k} {{{k}}}" for k in extra),
+        event_name="service.listening",
+        addresses=", ".join(addresses),
+        listening_ports=ports,
+        public_url=urls.public_url or "not set",
+        stream_url=stream_url,
+        signatures="enforced" if enforcing else "NOT CHECKED (development mode)",
+        handler=settings.handler,
+        tenants=", ".join(sorted(settings.config.tenants)) or "none",
+        **extra,
+    )
+    if not enforcing:
+        log.warn(
+            "DEVELOPMENT MODE: no Twilio auth token (TWILIO_AUTH_TOKEN or --auth-token-file), so signatures "
+            "are not checked and only loopback clients (127.0.0.1, ::1) are served. Do not expose this to Twilio.",
+            event_name="service.development_mode",
+        )

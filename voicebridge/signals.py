@@ -8,6 +8,10 @@
 - SIGHUP: reload the TLS certificates, without a restart.
 
 Handlers only schedule work with ``callFromThread``; everything runs in the reactor.
+
+A worker under ``--workers`` ignores all three: the supervisor takes the signals (from a
+terminal's Ctrl-C, which reaches the whole process group, or systemd, which may signal every
+process of the unit) and passes each on once, as a command (voicebridge/peers.py).
 """
 
 from __future__ import annotations
@@ -27,17 +31,19 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 class ProcessSignals(Service):
     name = "signals"
 
-    def __init__(self, reactor, on_cut, on_reload):
+    def __init__(self, reactor, on_cut, on_reload, supervised: bool = False):
+        """``supervised``: a worker's, which ignores the signals (its supervisor passes them on)."""
         self.reactor = reactor
         self.on_cut = on_cut
         self.on_reload = on_reload
+        self.supervised = supervised
         self.stop_requests = 0
         self.installed = False
         # The reactor installs its own SIGTERM/SIGINT handlers as it starts, before the services
         # start and ours replace them; they call these methods, captured when the reactor starts
         # (after makeService). Route them here too, so a signal in that window drains and exits 0
         # like any other rather than making twist exit "killed by signal".
-        reactor.sigTerm = reactor.sigInt = self._stop_signal
+        reactor.sigTerm = reactor.sigInt = self._ignored if supervised else self._stop_signal
 
     def startService(self):
         super().startService()
@@ -51,10 +57,13 @@ class ProcessSignals(Service):
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set from the main thread (an embedded use)
         for signum in STOP_SIGNALS:
-            signal.signal(signum, self._stop_signal)
-        signal.signal(signal.SIGHUP, self._hup_signal)
+            signal.signal(signum, signal.SIG_IGN if self.supervised else self._stop_signal)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN if self.supervised else self._hup_signal)
         self.installed = True
         # The handlers stay until the process exits: a second signal must work during the drain.
+
+    def _ignored(self, signum, frame):
+        pass
 
     def _stop_signal(self, signum, frame):
         self.reactor.callFromThread(self.stop_requested, signal.Signals(signum).name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from twisted.python import usage
 
@@ -50,6 +51,7 @@ class Options(usage.Options):
         ["config", "c", None, "TOML file with tenants and handler settings."],
         ["handler", None, None, f"Handler for calls whose tenant names none (default: {DEFAULT_HANDLER})."],
         ["auth-token-file", None, None, "File holding the Twilio auth token (else TWILIO_AUTH_TOKEN)."],
+        ["workers", None, None, "Processes serving the same ports, N or auto (one per core); default: this process alone."],
         *limits.opt_parameters(),
         # Handler settings: each flag is one option of one handler (HANDLER_FLAGS), as in [handlers.NAME].
         ["record-dir", None, None, "record: directory for each call's WAV and JSON files."],
@@ -69,6 +71,11 @@ class Options(usage.Options):
         super().__init__()
         self["listen"] = []
         self["trusted_proxies"] = []
+        self.argv: list[str] = []
+
+    def parseOptions(self, options=None):
+        self.argv = list(sys.argv[1:] if options is None else options)  # what --workers passes to each worker
+        super().parseOptions(options)
 
     def opt_listen(self, endpoint):
         """Endpoint to serve on, repeatable (default tcp:$PORT, else tcp:8080), e.g. tcp:8080:interface=127.0.0.1,
@@ -110,6 +117,17 @@ class Options(usage.Options):
                     self["tls"][description] = tls.build(description)
                 except tls.TLSConfigError as e:
                     raise usage.UsageError(str(e)) from None
+        self["worker_count"] = None
+        if self["workers"] is not None:
+            from voicebridge import sockets
+            from voicebridge.supervisor import worker_count
+
+            try:
+                self["worker_count"] = worker_count(self["workers"])
+                for description in self["listen"]:
+                    sockets.parse_listen(description)
+            except ValueError as e:
+                raise usage.UsageError(str(e)) from None
         self["limits"] = limits.from_options(self)
         self["handler_name"] = self["handler"] or self["config_obj"].handler or DEFAULT_HANDLER
         self["handlers"] = None
@@ -150,21 +168,47 @@ class Options(usage.Options):
 
 
 def makeService(options, reactor=None):
+    """One of three trees: the daemon on its own; under ``--workers``, the supervisor; or one of its workers."""
     if reactor is None:
         from twisted.internet import reactor
     from voicebridge import leanloop
     from voicebridge.admission import Admission
     from voicebridge.calls import CallRegistry
-    from voicebridge.service import VoiceBridgeService
+    from voicebridge.peers import SupervisorLink, worker_spec
+    from voicebridge.service import AdoptedListenService, VoiceBridgeService
     from voicebridge.signals import ProcessSignals
     from voicebridge.web import build_site
 
-    leanloop.install(reactor)  # a tenth of the CPU at load: see voicebridge/leanloop.py
     settings = options.settings()
+    spec = worker_spec()
+    if spec is None and options["worker_count"]:
+        from voicebridge.supervisor import Supervisor
+
+        supervisor = Supervisor(settings, options.argv, options["worker_count"], reactor)
+        ProcessSignals(reactor, supervisor.cut, supervisor.reload).setServiceParent(supervisor)
+        return supervisor
+
+    leanloop.install(reactor)  # a tenth of the CPU at load: see voicebridge/leanloop.py
     urls = PublicURLs(settings.public_url, TrustedProxies(settings.trusted_proxies))
     registry = CallRegistry(settings, reactor)
     admission = Admission(settings, registry)
     site = build_site(settings, registry, admission, urls)
-    service = VoiceBridgeService(settings, registry, site, admission, urls, reactor)
-    ProcessSignals(reactor, service.drain.cut, service.reload).setServiceParent(service)
+    if spec is None:
+        service = VoiceBridgeService(settings, registry, site, admission, urls, reactor)
+        ProcessSignals(reactor, service.drain.cut, service.reload).setServiceParent(service)
+        return service
+
+    signals = ProcessSignals(reactor, lambda: service.drain.cut(), lambda: service.reload(), supervised=True)
+    link = SupervisorLink(
+        spec,
+        registry,
+        site.metrics,
+        reactor,
+        on_drain=lambda: signals.stop_requested("a drain from the supervisor"),
+        on_cut=signals.on_cut,
+        on_reload=signals.on_reload,
+    )
+    listeners = [AdoptedListenService(d, fd, site, reactor, settings.tls.get(d)) for d, fd in spec.listen]
+    service = VoiceBridgeService(settings, registry, site, admission, urls, reactor, listeners=listeners, link=link)
+    signals.setServiceParent(service)
     return service

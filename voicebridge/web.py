@@ -67,4 +67,6 @@ def build_site(settings, registry, admission, urls) -> VoiceSite:
     root.putChild(b"healthz", Healthz())
     root.putChild(b"readyz", Readyz(registry))
     root.putChild(b"metrics", metrics.resource())
-    return VoiceSite(root, settings.limits, settings.show_numbers)
+    site = VoiceSite(root, settings.limits, settings.show_numbers)
+    site.metrics = metrics  # a worker shares it with the others (voicebridge/peers.py)
+    return site

@@ -1,0 +1,76 @@
+"""The messages between a supervisor and its workers (``--workers``): one JSON object per line.
+
+Pure: ``encode`` and ``LineDecoder`` do no I/O, so both ends (a pipe pair each way, set up by
+``spawnProcess``) and the tests share them. Messages are rare (per call, per scrape, per
+signal), never per frame.
+
+Worker to supervisor: ``ready``, ``census`` (its started and handshaking calls, per tenant),
+``reserve`` and ``claim`` (a webhook's slot for a CallSid, taken by that call's ``start``),
+``metrics-request`` and ``metrics`` (a scrape gathering every worker's families), ``drained``.
+Supervisor to worker: ``peers`` (the other workers' census), ``reserve`` and ``claim`` relayed,
+``metrics-request`` and ``metrics``, ``drain``, ``cut``, ``exit`` and ``reload``.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+# A scrape's families from a worker with many tenants fit easily; anything longer is a broken peer.
+MAX_LINE = 16 * 1024 * 1024
+
+
+def encode(message: dict) -> bytes:
+    return orjson.dumps(message) + b"\n"
+
+
+class Lines:
+    """Bytes as they arrive -> whole lines (without the newline). A line past ``max_line`` is dropped."""
+
+    def __init__(self, max_line: int = MAX_LINE):
+        self.max_line = max_line
+        self._buffer = bytearray()
+        self.dropped = 0  # lines dropped for their length
+
+    def feed(self, data: bytes) -> list[bytes]:
+        end = data.rfind(b"\n")
+        if end < 0:
+            self._buffer += data
+            if len(self._buffer) > self.max_line:
+                self._buffer.clear()
+                self.dropped += 1
+            return []
+        whole = bytes(self._buffer) + data[:end]
+        self._buffer = bytearray(data[end + 1 :])
+        return whole.split(b"\n")
+
+    def rest(self) -> bytes:
+        """What arrived after the last newline (at the end of the stream: an unterminated last line)."""
+        rest, self._buffer = bytes(self._buffer), bytearray()
+        return rest
+
+
+class LineDecoder:
+    """Bytes as they arrive -> (whole messages, what was wrong with the lines that were not)."""
+
+    def __init__(self, max_line: int = MAX_LINE):
+        self.lines = Lines(max_line)
+
+    def feed(self, data: bytes) -> tuple[list[dict], list[str]]:
+        messages, problems = [], []
+        dropped = self.lines.dropped
+        lines = self.lines.feed(data)
+        if self.lines.dropped > dropped:
+            problems.append(f"a line longer than {self.lines.max_line} bytes, dropped")
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                message = orjson.loads(line)
+            except orjson.JSONDecodeError as e:
+                problems.append(f"not JSON ({e})")
+                continue
+            if isinstance(message, dict) and isinstance(message.get("op"), str):
+                messages.append(message)
+            else:
+                problems.append("not a control message (an object with an 'op')")
+        return messages, problems
