@@ -58,7 +58,7 @@ def pinned(cores: str | None, command: list[str]) -> list[str]:
 # The servers under test. Each returns (command, env, loadtest extra args, cwd).
 
 
-def voicebridge_server(port: int, source: Path = REPO):
+def voicebridge_server(port: int, source: Path = REPO, workers: int | None = None):
     command = [
         sys.executable,
         "-m",
@@ -69,12 +69,19 @@ def voicebridge_server(port: int, source: Path = REPO):
         "--public-url",
         PUBLIC,
     ]
+    if workers:
+        command += ["--workers", str(workers)]
     env = source_env({"TWILIO_AUTH_TOKEN": TOKEN})
     env["PYTHONPATH"] = os.pathsep.join([str(source), *env["PYTHONPATH"].split(os.pathsep)[1:]])
     return command, env, ["--public-url", PUBLIC], source
 
 
 BASELINE: Path | None = None  # --baseline: another voicebridge checkout, e.g. main before a change
+WORKERS = 2  # --workers: how many worker processes the "workers" server runs
+
+
+def workers_server(port: int):
+    return voicebridge_server(port, workers=WORKERS)
 
 
 def baseline_server(port: int):
@@ -97,12 +104,13 @@ def fastify_server(port: int):
 
 SERVERS = {
     "voicebridge": voicebridge_server,
+    "workers": workers_server,
     "baseline": baseline_server,
     "autobahn": autobahn_server,
     "fastify": fastify_server,
 }
 PYTHON_SERVERS = {"voicebridge", "baseline", "autobahn"}
-SIGNED = {"voicebridge", "baseline"}
+SIGNED = {"voicebridge", "workers", "baseline"}
 
 
 class Server:
@@ -121,10 +129,28 @@ class Server:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see {self.log.name}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
+                    if self.name != "workers" or self.workers_ready():
+                        return
             except OSError:
-                time.sleep(0.1)
+                pass
+            time.sleep(0.1)
         raise RuntimeError(f"{self.name} did not listen within {timeout}s")
+
+    def workers_ready(self) -> bool:
+        """Every worker listens: the supervisor's banner is in its log."""
+        self.log.flush()
+        return b'"service.listening"' in Path(self.log.name).read_bytes()
+
+    def calls_by_worker(self) -> dict[int, int]:
+        """call.started events per worker, from the server's JSON log."""
+        counts: Counter = Counter()
+        for line in Path(self.log.name).read_bytes().splitlines():
+            if b'"call.started"' in line:
+                try:
+                    counts[json.loads(line.lstrip(b"\x1e")).get("worker")] += 1
+                except ValueError:
+                    pass
+        return dict(sorted(counts.items(), key=lambda kv: (kv[0] is None, kv[0])))
 
     def stop(self):
         if self.proc.poll() is None:
@@ -294,6 +320,36 @@ def categorize(path: Path) -> list[tuple[str, float]]:
     return [(name, 100 * n / total) for name, n in shares.most_common()] if total else []
 
 
+def every_core(rows: list[dict], server_cores: str | None) -> None:
+    """Workers against one process: CPU per call, capacity per process and per machine."""
+    single = {(r["round"], r["calls"]): r for r in rows if r["server"] == "voicebridge" and r.get("cpu_per_call_ms_per_s")}
+    multi = [r for r in rows if r["server"] == "workers" and r.get("cpu_per_call_ms_per_s")]
+    if not multi:
+        return
+    print(f"\nEvery core: {WORKERS} workers against one process (the workers pinned to cores {server_cores or 'any'})")
+    for r in multi:
+        split = "/".join(str(n) for n in r.get("calls_by_worker", {}).values())
+        line = f"  round {r['round']}, {r['calls']} calls over {WORKERS} workers (split {split or '-'}):"
+        same = single.get((r["round"], r["calls"]))
+        if same:
+            r["cpu_per_call_vs_one_process"] = r["cpu_per_call_ms_per_s"] / same["cpu_per_call_ms_per_s"]
+            line += f" CPU per call {r['cpu_per_call_vs_one_process']:.2f}x one process with the same calls"
+        per_process = single.get((r["round"], r["calls"] // WORKERS))
+        if per_process:
+            r["cpu_per_call_vs_same_calls_per_process"] = r["cpu_per_call_ms_per_s"] / per_process["cpu_per_call_ms_per_s"]
+            line += f"; {r['cpu_per_call_vs_same_calls_per_process']:.2f}x one process with {r['calls'] // WORKERS} calls"
+        print(line)
+    cores = os.cpu_count() or 1
+    for r in rows:
+        if r["server"] in ("voicebridge", "workers") and r.get("calls_per_core_est"):
+            per_core = r["calls_per_core_est"]
+            what = "one process" if r["server"] == "voicebridge" else f"{WORKERS} workers sharing it"
+            print(
+                f"  capacity, round {r['round']} at {r['calls']} calls, {what}: {per_core} calls per core at 80%, "
+                f"so {per_core * cores} per {cores}-core machine with one worker per core (--workers auto)"
+            )
+
+
 def fmt(value, spec=".2f"):
     return "-" if value is None else format(value, spec)
 
@@ -310,9 +366,11 @@ def main(argv=None) -> int:
     parser.add_argument("--profile", metavar="DIR", help="record py-spy profiles of the Python servers into DIR")
     parser.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
     parser.add_argument("--baseline", metavar="DIR", help="another voicebridge checkout, run as the server 'baseline'")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes of the server 'workers' (default 2)")
     args = parser.parse_args(argv)
-    global BASELINE
+    global BASELINE, WORKERS
     BASELINE = Path(args.baseline).resolve() if args.baseline else None
+    WORKERS = args.workers
     if BASELINE and "baseline" not in args.servers:
         args.servers += ",baseline"
 
@@ -343,6 +401,8 @@ def main(argv=None) -> int:
                     )
                 finally:
                     server.stop()
+                if name == "workers":
+                    result["calls_by_worker"] = server.calls_by_worker()
                 rows.append({"round": round_no, "server": name, "calls": calls, **result})
                 time.sleep(1)
 
@@ -372,6 +432,7 @@ def main(argv=None) -> int:
         "\ncpu/core: server CPU over the steady window, % of one core; cpu/call: ms of CPU per second per call;"
         "\ncalls/core*: a linear estimate of the calls one core carries at 80% CPU (one process, one core)."
     )
+    every_core(rows, server_cores)
     saturated = [r for r in rows if r.get("generator", {}).get("cpu", 0) > 0.85]
     if saturated:
         print("WARNING: the load generator used >85% of its core in some runs; their round trips include its delay.")

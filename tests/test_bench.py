@@ -58,3 +58,14 @@ def test_profiles_are_summarized_by_function_and_category(tmp_path):
     }
     text = bench.summarize_profile(path)
     assert "100 samples" in text and "dataReceived (voicebridge/wsfast.py)" in text
+
+
+def test_pollstep_echoes_through_both_poll_steps():
+    """benchmarks/pollstep.py's measured program runs (the counting itself needs valgrind and is not asserted)."""
+    import subprocess
+
+    for mode in ("inline", "dispatch"):
+        done = subprocess.run(
+            [sys.executable, str(REPO / "benchmarks" / "pollstep.py"), "--run", mode, "200"], capture_output=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr

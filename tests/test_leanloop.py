@@ -6,7 +6,7 @@ import socket
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, protocol
+from twisted.internet import defer, protocol, tcp
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.selectreactor import SelectReactor
 
@@ -145,3 +145,119 @@ def _read(sock, n):
             break
         data += chunk
     return data
+
+
+# The inline read: data on an accepted TCP connection, and every way such a read can end, exactly
+# as Twisted's own poll step handles it. Each case runs on a private epoll reactor, lean and plain.
+
+
+class Recorder(protocol.Protocol):
+    def __init__(self, fail_on=None):
+        self.fail_on = fail_on
+        self.data = b""
+        self.lost = None
+
+    def dataReceived(self, data):
+        if self.fail_on is not None and self.fail_on in data:
+            raise RuntimeError("the protocol failed")
+        self.data += data
+
+    def connectionLost(self, reason):
+        self.lost = reason.type
+
+
+def _serve(lean: bool, fail_on=None):
+    reactor = EPollReactor()
+    if lean:
+        leanloop.install(reactor)
+    protocols = []
+
+    def build(addr):
+        p = Recorder(fail_on)
+        protocols.append(p)
+        return p
+
+    factory = protocol.Factory()
+    factory.buildProtocol = build
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    return reactor, port, protocols
+
+
+def _spin(reactor, until, limit=200):
+    for _ in range(limit):
+        if until():
+            return
+        reactor.runUntilCurrent()
+        reactor.doIteration(0.01)
+    raise AssertionError("the reactor never got there")
+
+
+def _close(reactor, port):
+    port.stopListening()
+    for _ in range(5):
+        reactor.runUntilCurrent()
+        reactor.doIteration(0)
+    for selectable in list(reactor.getReaders()) + list(reactor.getWriters()):
+        reactor.removeReader(selectable)
+        reactor.removeWriter(selectable)
+    reactor._poller.close()
+
+
+def _case(lean: bool, case: str):
+    """What the server side saw: (bytes received, why the connection was lost, fd still watched)."""
+    from twisted.python import log as legacy_log
+
+    errors = []
+    legacy_log.addObserver(errors.append)
+    reactor, port, protocols = _serve(lean, fail_on=b"boom" if case == "raises" else None)
+    try:
+        client = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5)
+        _spin(reactor, lambda: protocols)
+        for chunk in (b"one,", b"two,", b"three"):
+            client.sendall(chunk)
+            _spin(reactor, lambda chunk=chunk: protocols[0].data.endswith(chunk))
+        if case == "eof":
+            client.shutdown(socket.SHUT_WR)
+        elif case == "reset":
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            client.close()
+        elif case == "raises":
+            client.sendall(b"boom")
+        _spin(reactor, lambda: protocols[0].lost is not None)
+        client.close()
+        watched = any(isinstance(r, tcp.Server) for r in reactor.getReaders())
+        failures = [e for e in errors if e.get("isError")]
+        return protocols[0].data, protocols[0].lost, watched, len(failures)
+    finally:
+        legacy_log.removeObserver(errors.append)
+        _close(reactor, port)
+
+
+@pytest.mark.parametrize("case", ["eof", "reset", "raises"])
+def test_the_inline_read_ends_connections_as_twisted_does(case):
+    lean, plain = _case(True, case), _case(False, case)
+    assert lean == plain
+    data, lost, watched, failures = lean
+    assert data == b"one,two,three" and not watched
+    from twisted.internet import error
+
+    assert lost == {"eof": error.ConnectionDone, "reset": error.ConnectionLost, "raises": RuntimeError}[case]
+    assert failures == (1 if case == "raises" else 0), "a protocol's exception is logged once"
+
+
+def test_the_inline_read_is_taken_for_accepted_tcp_only(monkeypatch):
+    reactor, port, protocols = _serve(lean=True)
+    seen = []
+    original = reactor._doReadOrWrite
+    monkeypatch.setattr(reactor, "_doReadOrWrite", lambda s, fd, ev: (seen.append(type(s)), original(s, fd, ev)))
+    try:
+        client = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5)
+        _spin(reactor, lambda: protocols)
+        assert seen == [tcp.Port], "the accept went the usual way"
+        client.sendall(b"media frame")
+        _spin(reactor, lambda: protocols[0].data == b"media frame")
+        assert seen == [tcp.Port], "the data did not"
+        client.close()
+        _spin(reactor, lambda: protocols[0].lost is not None)
+    finally:
+        _close(reactor, port)

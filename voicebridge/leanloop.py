@@ -12,6 +12,11 @@ disconnects as before), minus that wrapper. The one thing lost is the legacy ``s
 callbacks; voicebridge logs through ``twisted.logger``, whose events never carried it.
 Other reactors are left alone.
 
+**The commonest event** is data arriving on an accepted TCP connection: every media frame of
+every call. For it alone the poll step does inline what ``_doReadOrWrite`` and ``doRead`` do
+(recv, hand the bytes to the protocol, or disconnect with the same reason, an exception from
+the protocol logged and the connection dropped), three Python calls fewer per frame.
+
 **Writes.** ``transport.write`` always buffers until the reactor's next turn: two epoll_ctl
 calls and a reactor round per frame. ``write_now`` sends at once when nothing is queued.
 """
@@ -19,15 +24,20 @@ calls and a reactor round per frame. ``write_now`` sends at once when nothing is
 from __future__ import annotations
 
 import errno
+import sys
 import types
+from select import EPOLLIN
 
 from twisted.internet import tcp
+from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.logger import Logger
+from twisted.python import log as legacy_log
 
 log = Logger(namespace="voicebridge.leanloop")
 
 # The transports whose ``socket`` is theirs to write: accepted and outgoing TCP connections.
 _PLAIN_TCP = (tcp.Server, tcp.Client)
+_SERVER = tcp.Server
 
 
 def install(reactor) -> bool:
@@ -57,13 +67,39 @@ def _poll(self, timeout):
     selectables = self._selectables
     for fd, event in events:
         selectable = selectables.get(fd)
-        if selectable is not None:
+        if selectable is None:
+            continue
+        if event == EPOLLIN and type(selectable) is _SERVER:
+            # _doReadOrWrite + Connection.doRead, inline: the same recv, the same outcomes.
             try:
-                dispatch(selectable, fd, event)
-            except Exception:  # what callWithLogger caught: never let one socket stop the loop
+                data = selectable.socket.recv(selectable.bufferSize)
+            except BlockingIOError:
+                continue
+            except OSError:
+                why = CONNECTION_LOST
+            else:
+                if not data:
+                    why = CONNECTION_DONE
+                else:
+                    try:
+                        selectable.protocol.dataReceived(data)
+                        continue
+                    except BaseException:
+                        why = sys.exc_info()[1]
+                        legacy_log.err()  # as _doReadOrWrite reports it
+            try:
+                self._disconnectSelectable(selectable, why, True)
+            except Exception:
                 log.failure(
                     "unhandled error handling an event for {selectable}", event_name="reactor.io_error", selectable=selectable
                 )
+            continue
+        try:
+            dispatch(selectable, fd, event)
+        except Exception:  # what callWithLogger caught: never let one socket stop the loop
+            log.failure(
+                "unhandled error handling an event for {selectable}", event_name="reactor.io_error", selectable=selectable
+            )
 
 
 def write_now(transport, data: bytes) -> None:
