@@ -11,8 +11,10 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import time
 
+import pytest
 import pytest_twisted
 from twisted.internet import defer, threads
 
@@ -258,3 +260,62 @@ def test_signed_calls_over_tls_and_sighup_reloads_every_worker(start_daemon, pki
     assert {e["sha256"] for e in daemon.named("tls.reloaded")} == {fingerprint}
     leaves = yield _in_thread(lambda: [handshake(daemon.port, pki.root_pem).leaf for _ in range(10)])
     assert leaves == [renewed.certificate] * 10
+
+
+def test_a_socket_systemd_passes_is_shared_by_the_workers():
+    """systemd's own socket-activate tool holds the port and execs the supervisor, as the .socket unit does."""
+    from tests.daemon import Daemon, twist_command
+
+    activate = shutil.which("systemd-socket-activate")
+    if activate is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("systemd-socket-activate is missing, and CI=true requires it (apt-get install systemd)")
+        pytest.skip("systemd-socket-activate is not installed (apt-get install systemd)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    daemon = Daemon(
+        ["--workers", "2", "--listen", "systemd:domain=INET:index=0"],
+        command=[
+            activate,
+            "--fdname=voicebridge",  # Twisted takes LISTEN_FDS only with LISTEN_FDNAMES, as systemd 227+ sets both
+            "-E",
+            "PYTHONPATH",
+            "-E",
+            "PYTHONUNBUFFERED",
+            "-l",
+            f"127.0.0.1:{port}",
+            *twist_command(),
+            "voicebridge",
+        ],
+    )
+    daemon.start(wait=False)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        listening = daemon.wait_for(lambda e: e.get("event_name") == "service.listening", 30)
+        assert listening["addresses"] == f"systemd 127.0.0.1:{port}" and listening["workers"] == 2
+        assert [request(port, "GET", "/healthz")[0] for _ in range(30)] == [200] * 30
+        assert {e["worker"] for e in daemon.named("http.access")} == {0, 1}
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait_exit(20) == 0
+    finally:
+        daemon.stop()
+
+
+def test_twistd_runs_the_workers_too(start_daemon):
+    from tests.daemon import twist_command
+
+    twistd = twist_command()[0].replace("twist", "twistd") if twist_command()[0].endswith("twist") else None
+    command = [twistd] if twistd else [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+    daemon = start_daemon("--workers", "2", command=[*command, "-n", "--pidfile=", "voicebridge"])
+    assert "workers 2" in daemon.output
+    assert [request(daemon.port, "GET", "/healthz")[0] for _ in range(10)] == [200] * 10
+    assert "[worker-0 " in daemon.output or "[worker-1 " in daemon.output, "twistd's text log names the worker"
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit(20) == 0
