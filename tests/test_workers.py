@@ -35,18 +35,23 @@ def worker_pids(daemon) -> dict[int, int]:
     return {e["worker"]: e["pid"] for e in daemon.named("worker.started")}
 
 
-def scrape(port: int, path="/metrics", **kwargs) -> dict[str, float]:
-    """/metrics as {sample with labels: value}."""
+def scrape(port: int, path="/metrics", **kwargs) -> tuple[dict[str, float], set[str]]:
+    """/metrics as ({sample with labels but ``worker``: value summed over the workers}, the workers seen)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     status, _, body = request(port, "GET", path, **kwargs)
     assert status == 200
-    samples = {}
+    samples: dict[str, float] = {}
+    workers = set()
     for family in text_string_to_metric_families(body.decode()):
         for s in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
-            samples[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
-    return samples
+            labels = dict(s.labels)
+            if family.name != "voicebridge_workers":
+                workers.add(labels.pop("worker"))  # every series names its worker
+            name = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+            key = f"{s.name}{{{name}}}" if name else s.name
+            samples[key] = samples.get(key, 0) + s.value
+    return samples, workers
 
 
 def test_a_supervisor_binds_and_its_workers_answer(start_daemon):
@@ -75,13 +80,14 @@ def test_calls_spread_over_the_workers_and_metrics_count_the_machine(start_daemo
     by_worker = [e["worker"] for e in daemon.named("call.started")]
     assert sorted(set(by_worker)) == [0, 1], by_worker
     for _ in range(6):  # whichever worker answers the scrape, it answers for both
-        samples = yield _in_thread(scrape, daemon.port)
+        samples, workers = yield _in_thread(scrape, daemon.port)
+        assert workers == {"0", "1"}
         assert samples["voicebridge_calls_total{outcome=stop,tenant=none}"] == CALLS
         assert samples["voicebridge_media_frames_total{direction=in}"] == CALLS * 25
         assert samples["voicebridge_media_frames_total{direction=out}"] == CALLS * 25
         assert samples["voicebridge_calls_active"] == 0
         assert samples["voicebridge_workers{state=answered}"] == 2 and samples["voicebridge_workers{state=missing}"] == 0
-        assert samples["voicebridge_build_info{version=" + __import__("voicebridge").__version__ + "}"] == 1
+        assert samples["voicebridge_build_info{version=" + __import__("voicebridge").__version__ + "}"] == 2, "one per worker"
     served = {e["worker"] for e in daemon.named("http.access") if e.get("uri") == "/metrics"}
     assert served, "the scrapes were answered by workers"
 
@@ -171,7 +177,7 @@ def test_a_killed_worker_is_restarted_and_the_other_serves_meanwhile(start_daemo
         if since.named("http.access", worker=0):
             break
     assert since.named("http.access", worker=0)
-    assert scrape(daemon.port)["voicebridge_workers{state=answered}"] == 2
+    assert scrape(daemon.port)[0]["voicebridge_workers{state=answered}"] == 2
     assert daemon.stop() == 0
 
 
@@ -319,3 +325,19 @@ def test_twistd_runs_the_workers_too(start_daemon):
     assert "[worker-0 " in daemon.output or "[worker-1 " in daemon.output, "twistd's text log names the worker"
     daemon.signal(signal.SIGTERM)
     assert daemon.wait_exit(20) == 0
+
+
+def test_tcp6_takes_what_twisteds_tcp6_takes(start_daemon):
+    """No IPV6_V6ONLY of voicebridge's own: IPv4 clients reach a tcp6: listener as the system decides."""
+    single = start_daemon("--listen", "tcp6:0:interface=\\:\\:")
+    workers = start_daemon("--workers", "2", "--listen", "tcp6:0:interface=\\:\\:")
+
+    def reaches(port):
+        try:
+            return request(port, "GET", "/healthz")[0]
+        except OSError as e:
+            return type(e).__name__
+
+    assert reaches(single.port) == reaches(workers.port)
+    if open("/proc/sys/net/ipv6/bindv6only").read().strip() == "0":
+        assert reaches(workers.port) == 200, "dual stack here: IPv4 on 127.0.0.1 is served"

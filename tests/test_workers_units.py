@@ -11,10 +11,19 @@ from twisted.python import usage
 from tests.fakes import new_call, registry
 from voicebridge import control, messages, sockets
 from voicebridge.config import Config, Tenant
-from voicebridge.metrics import families_to_wire, merge_families
+from voicebridge.metrics import by_worker, families_to_wire
 from voicebridge.peers import WorkerSpec, worker_spec
 from voicebridge.supervisor import worker_count
 from voicebridge.tap import Options
+
+
+def test_twists_log_level_reaches_the_workers():
+    from voicebridge.supervisor import twist_log_level
+
+    assert twist_log_level(["twist", "--log-level=debug", "voicebridge", "--workers", "2"]) == ["--log-level=debug"]
+    assert twist_log_level(["twist", "--log-level", "warn", "voicebridge"]) == ["--log-level", "warn"]
+    assert twist_log_level(["twist", "voicebridge", "--log-level=debug"]) == [], "after the plugin: not twist's"
+    assert twist_log_level(["twistd", "-n", "voicebridge"]) == []
 
 
 def test_worker_count():
@@ -85,18 +94,19 @@ def test_reuseport_sockets_share_a_port_and_take_no_connection_until_listening()
 
 def test_lines_and_control_messages_arrive_whole_whatever_the_chunks():
     decoder = control.LineDecoder()
-    data = control.encode({"op": "census", "started": 2}) + control.encode({"op": "claim", "sid": "CA1"})
+    census = {"op": "census", "started": 2, "handshaking": 0, "tenants": {}}
+    data = control.encode(census) + control.encode({"op": "claim", "sid": "CA1"})
     got = []
     for i in range(len(data)):  # one byte at a time
         messages_, problems = decoder.feed(data[i : i + 1])
         assert problems == []
         got += messages_
-    assert got == [{"op": "census", "started": 2}, {"op": "claim", "sid": "CA1"}]
-    messages_, problems = decoder.feed(b'not json\n[1]\n{"op": "ready"}\n')
-    assert messages_ == [{"op": "ready"}] and len(problems) == 2, "bad lines are reported, the good one kept"
+    assert got == [census, {"op": "claim", "sid": "CA1"}]
+    messages_, problems = decoder.feed(b'not json\n[1]\n{"op": "drained"}\n')
+    assert messages_ == [{"op": "drained"}] and len(problems) == 2, "bad lines are reported, the good one kept"
     small = control.LineDecoder(max_line=10)
     assert small.feed(b"x" * 11) == ([], ["a line longer than 10 bytes, dropped"])
-    assert small.feed(b'{"op":"a"}\n') == ([{"op": "a"}], [])
+    assert small.feed(b'{"op":"cut"}\n') == ([{"op": "cut"}], [])
 
 
 def test_worker_spec_round_trips_through_the_environment():
@@ -107,11 +117,10 @@ def test_worker_spec_round_trips_through_the_environment():
         worker_spec({"VOICEBRIDGE_WORKER": '{"index": 1}'})
 
 
-def test_merged_metrics_add_amounts_and_keep_times_and_flags_whole():
-    def families(started, calls, build, draining, cpu):
+def test_workers_families_are_labelled_not_summed():
+    def families(calls, started):
         return [
             ["process_start_time_seconds", "start", "gauge", "", [["process_start_time_seconds", {}, started]]],
-            ["process_cpu_seconds", "cpu", "counter", "", [["process_cpu_seconds_total", {}, cpu]]],
             [
                 "voicebridge_calls",
                 "calls",
@@ -119,32 +128,18 @@ def test_merged_metrics_add_amounts_and_keep_times_and_flags_whole():
                 "",
                 [["voicebridge_calls_total", {"tenant": "t", "outcome": "stop"}, calls]],
             ],
-            ["voicebridge_build_info", "v", "gauge", "", [["voicebridge_build_info", {"version": "1"}, build]]],
-            ["voicebridge_draining", "d", "gauge", "", [["voicebridge_draining", {}, draining]]],
-            [
-                "voicebridge_webhook_seconds",
-                "w",
-                "histogram",
-                "",
-                [
-                    ["voicebridge_webhook_seconds_bucket", {"le": "+Inf", "status": "200"}, calls],
-                    ["voicebridge_webhook_seconds_created", {"status": "200"}, started + 1],
-                ],
-            ],
         ]
 
-    merged = {m.name: m for m in merge_families([families(100.0, 3, 1, 0, 1.5), families(90.0, 4, 1, 1, 2.0)])}
-    value = {name: {tuple(sorted(s.labels.items())): s.value for s in m.samples} for name, m in merged.items()}
-    assert value["process_start_time_seconds"] == {(): 90.0}, "the earliest start"
-    assert value["process_cpu_seconds"] == {(): 3.5}
-    assert value["voicebridge_calls"] == {(("outcome", "stop"), ("tenant", "t")): 7.0}
-    assert value["voicebridge_build_info"] == {(("version", "1"),): 1.0}, "a version is not counted twice"
-    assert value["voicebridge_draining"] == {(): 1.0}, "one worker draining: the machine is draining"
-    buckets = {s.name: s.value for s in merged["voicebridge_webhook_seconds"].samples}
-    assert buckets == {"voicebridge_webhook_seconds_bucket": 7.0, "voicebridge_webhook_seconds_created": 91.0}
+    merged = {m.name: m for m in by_worker([[0, families(3, 100.0)], [1, families(4, 90.0)]])}
+    assert [(s.labels, s.value) for s in merged["voicebridge_calls"].samples] == [
+        ({"tenant": "t", "outcome": "stop", "worker": "0"}, 3.0),
+        ({"tenant": "t", "outcome": "stop", "worker": "1"}, 4.0),
+    ], "a restarted worker resets its own counter, not the machine's"
+    assert [s.value for s in merged["process_start_time_seconds"].samples] == [100.0, 90.0]
 
 
-def test_a_registry_goes_over_the_wire_and_back(tmp_path):
+def test_a_registry_goes_over_the_wire_and_back():
+    import orjson
     from prometheus_client import CollectorRegistry, Counter, Gauge
     from prometheus_client.exposition import generate_latest
 
@@ -153,12 +148,36 @@ def test_a_registry_goes_over_the_wire_and_back(tmp_path):
     reg = CollectorRegistry()
     Counter("frames", "f", ["direction"], registry=reg).labels("in").inc(5)
     Gauge("odd", "inf is not JSON", registry=reg).set(float("inf"))
-    import orjson
-
     wire = orjson.loads(orjson.dumps(families_to_wire(reg)))
-    text = generate_latest(_Families(merge_families([wire, wire]))).decode()
-    assert 'frames_total{direction="in"} 10.0' in text
-    assert "odd +Inf" in text
+    text = generate_latest(_Families(by_worker([[0, wire], [1, wire]]))).decode()
+    assert 'frames_total{direction="in",worker="0"} 5.0' in text and 'frames_total{direction="in",worker="1"} 5.0' in text
+    assert 'odd{worker="1"} +Inf' in text
+
+
+def test_control_messages_are_checked_before_anyone_acts_on_them():
+    good = [
+        {"op": "census", "started": 1, "handshaking": 0, "tenants": {"b-1": 1}},
+        {"op": "reserve", "sid": "CA1", "tenant": None, "seconds": 30.0},
+        {"op": "claim", "sid": "CA1"},
+        {"op": "metrics", "id": 3, "families": []},
+        {"op": "drained"},
+    ]
+    assert [control.problem(m) for m in good] == [None] * len(good)
+    for bad, why in [
+        ({"op": "census", "started": "x", "handshaking": 0, "tenants": {}}, "bad or missing 'started'"),
+        ({"op": "census", "started": 1, "handshaking": 0, "tenants": [1, 2]}, "bad or missing 'tenants'"),
+        ({"op": "census", "started": 1, "handshaking": 0, "tenants": {"t": "a"}}, "bad or missing 'tenants'"),
+        ({"op": "census", "started": -1, "handshaking": 0, "tenants": {}}, "bad or missing 'started'"),
+        ({"op": "reserve"}, "bad or missing 'sid'"),
+        ({"op": "reserve", "sid": "CA1", "tenant": 5, "seconds": 30}, "bad or missing 'tenant'"),
+        ({"op": "metrics", "id": [1], "families": []}, "bad or missing 'id'"),
+        ({"op": "launch"}, "unknown op 'launch'"),
+        ([1], "not a control message"),
+    ]:
+        assert why in control.problem(bad), bad
+    decoder = control.LineDecoder()
+    messages_, problems = decoder.feed(b'{"op":"census","started":"x"}\n{"op":"claim","sid":"CA2"}\n')
+    assert messages_ == [{"op": "claim", "sid": "CA2"}] and problems == ["census: bad or missing 'started'"]
 
 
 # Capacity shared between workers: what one worker's Capacity does with what the others told it.
@@ -264,3 +283,43 @@ def test_census_changes_in_one_turn_make_one_message():
     reg.census_changed()
     clock.advance(0)
     assert len(sent) == 1, "an unchanged census is not sent again"
+
+
+def test_a_bad_message_from_a_worker_is_dropped_and_the_next_one_served():
+    from tests.fakes import captured_log
+    from voicebridge.config import Settings
+    from voicebridge.supervisor import Supervisor, WorkerProcess
+
+    clock = task.Clock()
+    supervisor = Supervisor(Settings(listen=["tcp:0:interface=127.0.0.1"]), [], 2, clock, environ={})
+    workers = [WorkerProcess(supervisor, i, 0.0) for i in range(2)]
+    supervisor.workers = list(workers)
+    sent: dict[int, list] = {0: [], 1: []}
+    for w in workers:
+        w.send = sent[w.index].append
+    with captured_log() as events:
+        workers[0].childDataReceived(
+            3,
+            b'{"op":"census","started":"x","handshaking":0,"tenants":{}}\n'
+            b'{"op":"reserve"}\n'
+            b'{"op":"reserve","sid":"CA1","tenant":null,"seconds":30}\n'
+            b'{"op":"census","started":2,"handshaking":1,"tenants":{"b-1":2}}\n',
+        )
+    errors = [e for e in events if e.get("event_name") == "worker.control_error"]
+    assert [e["problem"] for e in errors] == ["census: bad or missing 'started'", "reserve: bad or missing 'sid'"]
+    assert sent[1] == [
+        {"op": "reserve", "sid": "CA1", "tenant": None, "seconds": 30},
+        {"op": "peers", "started": 2, "handshaking": 1, "tenants": {"b-1": 2}},
+    ], "only the good messages reach the other worker"
+
+
+def test_a_worker_done_draining_takes_no_stream_while_it_waits_for_the_others():
+    from voicebridge.admission import DRAINING, Admission
+
+    reg, _ = registry()
+    admission = Admission(reg.settings, reg)
+    reg.capacity.reserve("CA1", None)
+    reg.draining = True
+    assert admission.stream("127.0.0.1", "ws://h/twilio-media", "", None) is None, "CA1's stream, while draining"
+    reg.drained = True
+    assert admission.stream("127.0.0.1", "ws://h/twilio-media", "", None) is DRAINING, "not once its drain is over"

@@ -82,7 +82,7 @@ class Admission:
         """During a drain, a handshake is still taken while a call the webhook answered has not connected:
         it is that call's stream (reservations lapse after capacity.RESERVATION_SECONDS; the drain waits
         for them drain.ANSWER_WAIT)."""
-        if self.draining and not (self.capacity is not None and self.capacity.expecting_stream()):
+        if self.draining and (self.registry.drained or not (self.capacity is not None and self.capacity.expecting_stream())):
             return DRAINING
         if self.checker is None:
             return self._development(client) or self._handshake_capacity()

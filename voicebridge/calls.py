@@ -545,6 +545,7 @@ class CallRegistry:
         self.show_numbers = settings.show_numbers
         self.calls: set[Call] = set()
         self.draining = False
+        self.drained = False  # a worker whose drain is over, waiting for the others: no stream is taken
         self.totals = CallTotals()  # ended calls, for /metrics
         self._conns = itertools.count(1)
         self._handlers = settings.handlers if settings.handlers is not None else resolve_handlers(settings)

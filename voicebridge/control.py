@@ -23,6 +23,53 @@ def encode(message: dict) -> bytes:
     return orjson.dumps(message) + b"\n"
 
 
+def _count(value) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _tenants(value) -> bool:
+    return type(value) is dict and all(type(k) is str and _count(v) for k, v in value.items())
+
+
+def _sid(value) -> bool:
+    return type(value) is str and 0 < len(value) <= 200
+
+
+def _seconds(value) -> bool:
+    return type(value) in (int, float) and 0 <= value <= 3600
+
+
+# op -> field -> check. Every message is checked before either end acts on it, so a message
+# that is not what the other end sends is dropped and reported, never half acted on.
+SCHEMA = {
+    "ready": {"addresses": lambda v: type(v) is list and all(type(a) is str for a in v)},
+    "census": {"started": _count, "handshaking": _count, "tenants": _tenants},
+    "peers": {"started": _count, "handshaking": _count, "tenants": _tenants},
+    "reserve": {"sid": _sid, "tenant": lambda v: v is None or type(v) is str, "seconds": _seconds},
+    "claim": {"sid": _sid},
+    "metrics-request": {"id": lambda v: type(v) is int},
+    "metrics": {"id": lambda v: type(v) is int, "families": lambda v: type(v) is list},
+    "drained": {},
+    "drain": {},
+    "cut": {},
+    "exit": {},
+    "reload": {},
+}
+
+
+def problem(message) -> str | None:
+    """Why ``message`` is not a control message, or None."""
+    if type(message) is not dict or type(message.get("op")) is not str:
+        return "not a control message (an object with an 'op')"
+    fields = SCHEMA.get(message["op"])
+    if fields is None:
+        return f"unknown op {message['op'][:40]!r}"
+    for name, ok in fields.items():
+        if name not in message or not ok(message[name]):
+            return f"{message['op']}: bad or missing {name!r}"
+    return None
+
+
 class Lines:
     """Bytes as they arrive -> whole lines (without the newline). A line past ``max_line`` is dropped."""
 
@@ -69,8 +116,9 @@ class LineDecoder:
             except orjson.JSONDecodeError as e:
                 problems.append(f"not JSON ({e})")
                 continue
-            if isinstance(message, dict) and isinstance(message.get("op"), str):
+            wrong = problem(message)
+            if wrong is None:
                 messages.append(message)
             else:
-                problems.append("not a control message (an object with an 'op')")
+                problems.append(wrong)
         return messages, problems

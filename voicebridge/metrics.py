@@ -6,7 +6,7 @@ per request, observes a Histogram. Each daemon has its own ``CollectorRegistry``
 process-global one, so several services (and tests) can live in one process.
 
 Under ``--workers`` a scrape reaches one worker, which gathers the others' families through the
-supervisor and merges them (``merge_families``): one answer for the whole machine.
+supervisor (``by_worker``): one answer for the whole machine, each series labelled ``worker``.
 """
 
 from __future__ import annotations
@@ -99,11 +99,6 @@ class CallCollector:
         yield durations
 
 
-# Merging workers' families: amounts add up; these are not amounts.
-_EARLIEST = {"process_start_time_seconds"}  # and every ``*_created`` sample
-_HIGHEST = {"voicebridge_build_info", "voicebridge_draining", "process_max_fds", "python_info"}
-
-
 def _wire_value(value: float):
     return value if math.isfinite(value) else repr(value)  # JSON has no inf or nan
 
@@ -116,30 +111,21 @@ def families_to_wire(registry) -> list:
     ]
 
 
-def merge_families(wires: list[list]) -> list[Metric]:
-    """Several processes' families (``families_to_wire``) as one: samples with the same name and labels
-    are summed, but for start and creation times (the earliest) and flags and versions (the highest)."""
-    merged: dict[str, tuple[Metric, dict]] = {}
-    for wire in wires:
+def by_worker(per_worker: list) -> list[Metric]:
+    """Several workers' families (``[index, families_to_wire(...)]`` each) as one set, every sample
+    labelled ``worker``. Not summed: a worker that restarts, or misses a scrape, then resets or
+    drops its own series alone, as Prometheus expects of a counter, where a sum would go down and
+    ``rate()`` would count everything the others carry as new."""
+    merged: dict[str, Metric] = {}
+    for index, wire in per_worker:
+        worker = str(index)
         for name, documentation, typ, unit, samples in wire:
-            if name not in merged:
-                merged[name] = (Metric(name, documentation, typ, unit), {})
-            values = merged[name][1]
+            metric = merged.get(name)
+            if metric is None:
+                metric = merged[name] = Metric(name, documentation, typ, unit)
             for sample_name, labels, value in samples:
-                key = (sample_name, tuple(sorted(labels.items())))
-                value = float(value)
-                if key not in values:
-                    values[key] = value
-                elif sample_name.endswith("_created") or name in _EARLIEST:
-                    values[key] = min(values[key], value)
-                elif name in _HIGHEST:
-                    values[key] = max(values[key], value)
-                else:
-                    values[key] += value
-    for metric, values in merged.values():
-        for (sample_name, labels), value in values.items():
-            metric.add_sample(sample_name, dict(labels), value)
-    return [metric for metric, _ in merged.values()]
+                metric.add_sample(sample_name, {**labels, "worker": worker}, float(value))
+    return list(merged.values())
 
 
 class _Families:
@@ -181,9 +167,9 @@ class Metrics:
     def wire(self) -> list:
         return families_to_wire(self.registry)
 
-    def machine(self, others: list[list]) -> _Families:
-        """This process's families merged with the other workers', and how many answered."""
-        families = merge_families([self.wire(), *others])
+    def machine(self, others: list) -> _Families:
+        """This worker's families and the other workers' (``[index, families]`` each), and how many answered."""
+        families = by_worker([[self.peers.spec.index, self.wire()], *others])
         workers = GaugeMetricFamily(
             "voicebridge_workers", "Workers that answered this scrape, and those that did not", labels=["state"]
         )

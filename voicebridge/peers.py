@@ -85,7 +85,10 @@ class _ControlProtocol(protocol.Protocol):
         for problem in problems:
             log.error("bad control message from the supervisor: {problem}", event_name="worker.control_error", problem=problem)
         for message in messages:
-            self.link.received(message)
+            try:
+                self.link.received(message)
+            except Exception:  # one message gone wrong must not cut the worker off its supervisor
+                log.failure("control message {op} failed", event_name="worker.control_error", op=message["op"])
 
     def connectionLost(self, reason):
         self.link.supervisor_gone()
@@ -169,23 +172,20 @@ class SupervisorLink(Service):
     # Commands and news from the supervisor.
 
     def received(self, message: dict) -> None:
+        """``message`` has passed ``control.problem``: its fields are there, with their types."""
         op = message["op"]
         if op == "peers":
-            self._peers = {
-                "started": int(message.get("started", 0)),
-                "handshaking": int(message.get("handshaking", 0)),
-                "tenants": dict(message.get("tenants") or {}),
-            }
+            self._peers = message
         elif op == "reserve":
-            self.registry.capacity.peer_reserved(str(message["sid"]), message.get("tenant"), float(message["seconds"]))
+            self.registry.capacity.peer_reserved(message["sid"], message["tenant"], message["seconds"])
         elif op == "claim":
-            self.registry.capacity.peer_claimed(str(message["sid"]))
+            self.registry.capacity.peer_claimed(message["sid"])
         elif op == "metrics-request":
             self.send({"op": "metrics", "id": message["id"], "families": self.metrics.wire()})
         elif op == "metrics":
-            gather = self._gathers.pop(message.get("id"), None)
+            gather = self._gathers.pop(message["id"], None)
             if gather is not None:
-                gather.callback(list(message.get("families") or []))
+                gather.callback(message["families"])
         elif op == "drain":
             self._drain()
         elif op == "cut":
@@ -197,7 +197,7 @@ class SupervisorLink(Service):
         elif op == "reload":
             self.on_reload()
         else:
-            log.warn("unknown control message {op!r} from the supervisor", event_name="worker.control_error", op=op)
+            log.warn("control message {op!r} is not for a worker", event_name="worker.control_error", op=op)
 
     # What Capacity asks (Capacity.share_with).
 
@@ -205,7 +205,7 @@ class SupervisorLink(Service):
         return self._peers["started"], self._peers["handshaking"]
 
     def started_for(self, tenant_id: str) -> int:
-        return int(self._peers["tenants"].get(tenant_id, 0))
+        return self._peers["tenants"].get(tenant_id, 0)
 
     def reserved(self, call_sid: str, tenant_id: str | None, seconds: float) -> None:
         self.send({"op": "reserve", "sid": call_sid, "tenant": tenant_id, "seconds": seconds})
@@ -233,7 +233,7 @@ class SupervisorLink(Service):
         return self.spec.workers
 
     def gather_metrics(self) -> defer.Deferred:
-        """Fires with the families of the other workers that answered (a list per worker)."""
+        """Fires with [worker index, families] of each other worker that answered."""
         if self.gone:
             return defer.succeed([])
         gather_id = next(self._ids)

@@ -167,6 +167,8 @@ class VoiceBridgeService(MultiService):
     def stopService(self):
         yield self.drain.run()
         if self.link is not None:
+            # Held open (503 for all) until every worker has drained: a stream now would be cut at exit.
+            self.registry.drained = True
             yield self.link.released()
         yield super().stopService()
 

@@ -85,9 +85,7 @@ def bind_reuseport(spec: ListenSpec, port: int | None = None) -> socket.socket:
     sock = socket.socket(spec.family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if spec.family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # IPV6_V6ONLY as the system has it, like Twisted's tcp6:
         sock.bind((spec.interface, spec.port if port is None else port))
         sock.setblocking(False)
     except OSError:

@@ -64,6 +64,18 @@ def worker_count(value: str) -> int:
     return int(value)
 
 
+def twist_log_level(argv: list[str]) -> list[str]:
+    """twist's own ``--log-level`` (before the plugin's name in ``argv``), to pass on to the workers."""
+    for i, arg in enumerate(argv[1:], 1):
+        if arg == "voicebridge":
+            break
+        if arg.startswith("--log-level="):
+            return [arg]
+        if arg == "--log-level" and i + 1 < len(argv):
+            return [arg, argv[i + 1]]
+    return []
+
+
 class WorkerProcess(protocol.ProcessProtocol):
     """One worker as the supervisor sees it: its pipes, its state, its census."""
 
@@ -92,7 +104,15 @@ class WorkerProcess(protocol.ProcessProtocol):
                     problem=problem,
                 )
             for message in messages:
-                self.supervisor.received(self, message)
+                try:
+                    self.supervisor.received(self, message)
+                except Exception:  # one message gone wrong must not cut the supervisor off this worker
+                    log.failure(
+                        "control message {op} from worker {worker} failed",
+                        event_name="worker.control_error",
+                        op=message["op"],
+                        worker=self.index,
+                    )
         elif fd == 1:
             for line in self._log.feed(data):
                 self.supervisor.relay_log(self, line)
@@ -137,6 +157,7 @@ class Supervisor(MultiService):
         self.count = count
         self.reactor = reactor
         self.environ = environ
+        self.log_level = twist_log_level(sys.argv)
         self.urls = PublicURLs(settings.public_url, TrustedProxies(settings.trusted_proxies))
         self.specs = [sockets.parse_listen(d) for d in settings.listen]
         self.ports: dict[int, int] = {}  # spec index -> the port of its per-worker sockets (port 0 picks it once)
@@ -146,6 +167,7 @@ class Supervisor(MultiService):
         self.restarts: dict[int, object] = {}  # slot -> the delayed restart
         self.backoff = [RESTART_FIRST] * count
         self.bound = self.stopping = self.announced = False
+        self.bound_as = os.geteuid()
         self._waiter: defer.Deferred | None = None
         self._gathers: dict[int, _Gather] = {}
         self._gather_ids = itertools.count(1)
@@ -156,6 +178,7 @@ class Supervisor(MultiService):
         # Bound here, before twistd drops privileges (twist calls only startService, which comes here first);
         # a port that cannot be bound stops start-up.
         self.bound = True
+        self.bound_as = os.geteuid()
         for i, spec in enumerate(self.specs):
             if not spec.per_worker:
                 self.shared[i] = listen_now(serverFromString(self.reactor, spec.description), protocol.Factory())
@@ -174,6 +197,15 @@ class Supervisor(MultiService):
         if not self.bound:
             self.privilegedStartService()
         super().startService()
+        if os.geteuid() != self.bound_as:
+            log.warn(
+                "the ports were bound as uid {bound} and the supervisor now runs as uid {now} (twistd --uid): a worker "
+                "that dies cannot be replaced, since the kernel shares a port between sockets of one user only. Start "
+                "as the service's user instead, with CAP_NET_BIND_SERVICE for ports below 1024 (systemd/voicebridge.service)",
+                event_name="supervisor.privileges_dropped",
+                bound=self.bound_as,
+                now=os.geteuid(),
+            )
         log.info(
             "starting {count} worker(s) on {addresses}",
             event_name="supervisor.starting",
@@ -226,10 +258,21 @@ class Supervisor(MultiService):
         spec = WorkerSpec(slot, self.count, CONTROL_IN, CONTROL_OUT, tuple(listen))
         env = {k: v for k, v in self.environ.items() if k not in NOT_FOR_WORKERS}
         env[ENVIRONMENT] = spec.to_environment()
-        args = [sys.executable, "-m", "twisted", "--log-format=json", "voicebridge", *self.argv]
+        args = [sys.executable, "-m", "twisted", "--log-format=json", *self.log_level, "voicebridge", *self.argv]
         worker = WorkerProcess(self, slot, self.reactor.seconds())
         try:
             self.reactor.spawnProcess(worker, sys.executable, args, env=env, childFDs=child_fds)
+        except Exception as e:  # fork or exec refused (no memory, too many processes or files)
+            delay = self._next_delay(slot, 0.0)
+            log.error(
+                "worker {worker} could not be started: {error}; trying again in {delay:g}s",
+                event_name="worker.spawn_failed",
+                worker=slot,
+                error=str(e),
+                delay=delay,
+            )
+            self.restarts[slot] = self.reactor.callLater(delay, self.spawn, slot)
+            return
         finally:
             for sock in owned:
                 sock.close()  # the worker holds it now: it dies with the worker
@@ -249,27 +292,24 @@ class Supervisor(MultiService):
     # What the workers say.
 
     def received(self, worker: WorkerProcess, message: dict) -> None:
+        """``message`` has passed ``control.problem``: its fields are there, with their types."""
         op = message["op"]
         if op == "ready":
             worker.ready = True
             worker.send(self._peers_of(worker))
             log.info("worker {worker} ready", event_name="worker.ready", worker=worker.index, pid=worker.pid)
-            if not self.announced and all(w is not None and w.ready for w in self.workers):
+            if not (self.announced or self.stopping) and all(w is not None and w.ready for w in self.workers):
                 self.announced = True
                 self._announce()
         elif op == "census":
-            worker.census = {
-                "started": int(message.get("started", 0)),
-                "handshaking": int(message.get("handshaking", 0)),
-                "tenants": dict(message.get("tenants") or {}),
-            }
+            worker.census = {k: message[k] for k in ("started", "handshaking", "tenants")}
             self._tell_census()
         elif op in ("reserve", "claim"):
             for other in self.live():
                 if other is not worker:
                     other.send(message)
         elif op == "metrics-request":
-            self._gather(worker, message.get("id"))
+            self._gather(worker, message["id"])
         elif op == "metrics":
             self._gathered_one(worker, message)
         elif op == "drained":
@@ -277,7 +317,7 @@ class Supervisor(MultiService):
             self._wake()
         else:
             log.warn(
-                "unknown control message {op!r} from worker {worker}",
+                "control message {op!r} from worker {worker} is not for the supervisor",
                 event_name="worker.control_error",
                 op=op,
                 worker=worker.index,
@@ -321,7 +361,7 @@ class Supervisor(MultiService):
         if gather is None or worker.index not in gather.waiting:
             return  # too late, or not asked
         gather.waiting.discard(worker.index)
-        gather.families.append(message.get("families") or [])
+        gather.families.append([worker.index, message["families"]])
         if not gather.waiting:
             self._answer_gather(gather_id)
 
