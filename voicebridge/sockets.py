@@ -65,19 +65,10 @@ def parse_listen(description: str) -> ListenSpec:
             f"--listen {description}: --workers serves tcp:, tcp6:, ssl:, unix: and systemd: endpoints, not {kind}:"
         )
     args, kwargs = tls.split_description(description)
-    unknown = sorted(set(kwargs) - set(_TCP_KEYS))
-    if unknown:
-        raise ListenError(f"--listen {description}: unknown key(s) {', '.join(unknown)} (known: {', '.join(_TCP_KEYS)})")
-    positional = args[1:]
-    if "port" in kwargs:
-        positional = [kwargs.pop("port"), *positional]
-    if len(positional) != 1 or not positional[0].isdigit() or int(positional[0]) > 65535:
-        raise ListenError(f"--listen {description}: expected {kind}:PORT with PORT a TCP port number")
-    backlog = kwargs.get("backlog", "50")
-    if not backlog.isdigit() or int(backlog) < 1:
-        raise ListenError(f"--listen {description}: backlog {backlog!r} is not a positive number")
-    interface = kwargs.get("interface", "::" if kind == "tcp6" else "")
-    return ListenSpec(description, kind, int(positional[0]), interface, int(backlog))
+    port, interface, backlog = tls.tcp_fields(
+        description, args, kwargs, _TCP_KEYS, f"{kind}:PORT", ListenError, "::" if kind == "tcp6" else ""
+    )
+    return ListenSpec(description, kind, port, interface, backlog)
 
 
 def bind_reuseport(spec: ListenSpec, port: int | None = None) -> socket.socket:

@@ -412,31 +412,19 @@ class Supervisor(MultiService):
             if not gather.waiting:
                 self._answer_gather(gather_id)
         code, signal = getattr(status, "exitCode", None), getattr(status, "signal", None)
-        how = f"signal {signal}" if signal else f"exit status {code}"
         uptime = self.reactor.seconds() - worker.started_at
+        fields = dict(worker=worker.index, pid=worker.pid, exit_code=code, signal=signal, uptime=uptime)
+        fields["how"] = f"signal {signal}" if signal else f"exit status {code}"
         if self.stopping:
-            log.info(
-                "worker {worker} (pid {pid}) exited ({how})",
-                event_name="worker.exited",
-                worker=worker.index,
-                pid=worker.pid,
-                how=how,
-                exit_code=code,
-                signal=signal,
-            )
+            log.info("worker {worker} (pid {pid}) exited ({how})", event_name="worker.exited", **fields)
             self._wake()
             return
         delay = self._next_delay(worker.index, uptime)
         log.error(
             "worker {worker} (pid {pid}) exited ({how}) after {uptime:.1f}s; restarting it in {delay:g}s",
             event_name="worker.exited",
-            worker=worker.index,
-            pid=worker.pid,
-            how=how,
-            exit_code=code,
-            signal=signal,
-            uptime=uptime,
             delay=delay,
+            **fields,
         )
         self.restarts[worker.index] = self.reactor.callLater(delay, self.spawn, worker.index)
 

@@ -54,6 +54,27 @@ def split_description(description: str) -> tuple[list[str], dict[str, str]]:
     return _parse(description)
 
 
+def tcp_fields(description: str, args, kwargs, known, usage: str, error=TLSConfigError, interface: str = ""):
+    """(port, interface, backlog) of a TCP listening description (``ssl:``, ``tcp:``), or ``error`` naming the
+    mistake: a key not in ``known``, no port or more than one (``usage`` shows the form), a bad port or backlog."""
+    where = f"--listen {description}"
+    unknown = sorted(set(kwargs) - set(known))
+    if unknown:
+        raise error(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(known)})")
+    positional = args[1:]
+    if "port" in kwargs:
+        positional = [kwargs["port"], *positional]
+    if len(positional) != 1:
+        raise error(f"{where}: expected {usage}")
+    port = positional[0]
+    if not port.isdigit() or int(port) > 65535:
+        raise error(f"{where}: port {port!r} is not a TCP port number")
+    backlog = kwargs.get("backlog", "50")
+    if not backlog.isdigit() or int(backlog) < 1:
+        raise error(f"{where}: backlog {backlog!r} is not a positive number")
+    return int(port), kwargs.get("interface", interface), int(backlog)
+
+
 @dataclass(frozen=True)
 class TLSListen:
     """What one ``ssl:`` description asks for."""
@@ -75,20 +96,7 @@ def parse_ssl(description: str) -> TLSListen:
         raise TLSConfigError(f"{where}: not an ssl: endpoint")
     if "sslmethod" in kwargs:
         raise TLSConfigError(f"{where}: sslmethod is not supported; voicebridge always negotiates TLS 1.2 or newer")
-    unknown = sorted(set(kwargs) - set(KNOWN_KEYS))
-    if unknown:
-        raise TLSConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(KNOWN_KEYS)})")
-    positional = args[1:]
-    if "port" in kwargs:
-        positional = [kwargs.pop("port"), *positional]
-    if len(positional) != 1:
-        raise TLSConfigError(f"{where}: expected ssl:PORT:privateKey=KEY:certKey=CERT")
-    port = positional[0]
-    if not port.isdigit() or int(port) > 65535:
-        raise TLSConfigError(f"{where}: port {port!r} is not a TCP port number")
-    backlog = kwargs.get("backlog", "50")
-    if not backlog.isdigit() or int(backlog) < 1:
-        raise TLSConfigError(f"{where}: backlog {backlog!r} is not a positive number")
+    port, interface, backlog = tcp_fields(description, args, kwargs, KNOWN_KEYS, "ssl:PORT:privateKey=KEY:certKey=CERT")
     private_key = kwargs.get("privateKey")
     if not private_key:
         raise TLSConfigError(f"{where}: privateKey= is required (certbot: /etc/letsencrypt/live/DOMAIN/privkey.pem)")
@@ -98,8 +106,8 @@ def parse_ssl(description: str) -> TLSListen:
         cert_key=kwargs.get("certKey") or private_key,
         extra_chain=kwargs.get("extraCertChain") or None,
         dh_parameters=kwargs.get("dhParameters") or None,
-        interface=kwargs.get("interface", ""),
-        backlog=int(backlog),
+        interface=interface,
+        backlog=backlog,
     )
 
 
