@@ -81,14 +81,7 @@ class _ControlProtocol(protocol.Protocol):
         self.link.attach(self.transport)
 
     def dataReceived(self, data):
-        messages, problems = self.decoder.feed(data)
-        for problem in problems:
-            log.error("bad control message from the supervisor: {problem}", event_name="worker.control_error", problem=problem)
-        for message in messages:
-            try:
-                self.link.received(message)
-            except Exception:  # one message gone wrong must not cut the worker off its supervisor
-                log.failure("control message {op} failed", event_name="worker.control_error", op=message["op"])
+        control.deliver(self.decoder, data, self.link.received, "the supervisor")
 
     def connectionLost(self, reason):
         self.link.supervisor_gone()

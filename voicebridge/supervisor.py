@@ -95,24 +95,8 @@ class WorkerProcess(protocol.ProcessProtocol):
 
     def childDataReceived(self, fd, data):
         if fd == CONTROL_OUT:
-            messages, problems = self._control.feed(data)
-            for problem in problems:
-                log.error(
-                    "bad control message from worker {worker}: {problem}",
-                    event_name="worker.control_error",
-                    worker=self.index,
-                    problem=problem,
-                )
-            for message in messages:
-                try:
-                    self.supervisor.received(self, message)
-                except Exception:  # one message gone wrong must not cut the supervisor off this worker
-                    log.failure(
-                        "control message {op} from worker {worker} failed",
-                        event_name="worker.control_error",
-                        op=message["op"],
-                        worker=self.index,
-                    )
+            received = lambda message: self.supervisor.received(self, message)  # noqa: E731
+            control.deliver(self._control, data, received, f"worker {self.index}", worker=self.index)
         elif fd == 1:
             for line in self._log.feed(data):
                 self.supervisor.relay_log(self, line)
@@ -167,7 +151,7 @@ class Supervisor(MultiService):
         self.restarts: dict[int, object] = {}  # slot -> the delayed restart
         self.backoff = [RESTART_FIRST] * count
         self.bound = self.stopping = self.announced = False
-        self.bound_as = os.geteuid()
+        self.bound_as: int | None = None  # the user the ports were bound as (privilegedStartService)
         self._waiter: defer.Deferred | None = None
         self._gathers: dict[int, _Gather] = {}
         self._gather_ids = itertools.count(1)
