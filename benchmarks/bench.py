@@ -76,6 +76,9 @@ def voicebridge_server(port: int, source: Path = REPO, workers: int | None = Non
     return command, env, ["--public-url", PUBLIC], source
 
 
+# py-spy on PATH, or in the virtualenv running this script (whose bin/ need not be on PATH).
+PY_SPY = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+
 BASELINE: Path | None = None  # --baseline: another voicebridge checkout, e.g. main before a change
 WORKERS = 2  # --workers: how many worker processes the "workers" server runs
 
@@ -221,7 +224,7 @@ def run_load(server: Server, calls: int, duration: float, load_core: str | None,
                     spy.append(
                         subprocess.Popen(
                             [
-                                "py-spy",
+                                PY_SPY,
                                 "record",
                                 "--pid",
                                 str(server.proc.pid),
@@ -385,6 +388,8 @@ def main(argv=None) -> int:
         server_cores = load_core = None
     profile = Path(args.profile) if args.profile else None
     if profile:
+        if PY_SPY is None:
+            parser.error("--profile needs py-spy (pip install py-spy), on PATH or beside this Python")
         profile.mkdir(parents=True, exist_ok=True)
 
     rows = []
