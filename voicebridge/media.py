@@ -193,11 +193,7 @@ class MediaStreamProtocol(FastTextFrames, WebSocketServerProtocol):
         )
         return super().failHandshake(reason, code, responseHeaders)
 
-    # The link a Call talks through.
-
-    def send_text(self, data: bytes) -> None:
-        if self.state == self.STATE_OPEN:
-            self.send_text_message(data)
+    # The link a Call talks through: ``send_text`` (FastTextFrames') and ``close``.
 
     def close(self, code: int, reason: str) -> None:
         if self.state == self.STATE_OPEN:

@@ -147,16 +147,20 @@ class FastTextFrames:
     # Frames out.
 
     def sendMessage(self, payload, isBinary=False, fragmentSize=None, sync=False, doNotCompress=False):
-        if isBinary or fragmentSize is not None or sync or type(payload) is not bytes:
+        if isBinary or fragmentSize is not None or sync or type(payload) is not bytes or self.state != _OPEN:
             super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)
         else:
-            self.send_text_message(payload)
+            self.send_text(payload)
 
-    def send_text_message(self, payload: bytes) -> None:
-        """``sendMessage(payload)`` for a text message: one frame, built and written here when it can be."""
+    def send_text(self, payload: bytes) -> None:
+        """A text message as one frame, built and written here when it can be; dropped unless OPEN.
+
+        ``sendMessage(payload)`` would raise on a connection no longer open; a ``Call`` sends from
+        timers and other connections' events, which may run after the close began, and has
+        nothing to do about it.
+        """
         n = len(payload)
-        if n > self._fast_limit_out or not self._fast_out or self.state != _OPEN or self.send_state != _GROUND or self.send_queue:
+        if n <= self._fast_limit_out and self._fast_out and self.state == _OPEN and self.send_state == _GROUND and not self.send_queue:
+            write_now(self.transport, (bytes((FIN_TEXT, n)) if n <= MAX_SHORT else LEN16.pack(FIN_TEXT, 126, n)) + payload)
+        elif self.state == _OPEN:
             super().sendMessage(payload, False)
-            return
-        frame = (bytes((FIN_TEXT, n)) if n <= MAX_SHORT else LEN16.pack(FIN_TEXT, 126, n)) + payload
-        write_now(self.transport, frame)
