@@ -78,12 +78,40 @@ def _exchange(reactor, client, data: bytes, expect: int) -> bytes:
     return got
 
 
-def run_echo(variant: str, frames: int) -> None:
-    """The measured program: echo ``frames`` frames through an EPollReactor with the lean poll step."""
+def open_stream(reactor, client) -> tuple[bytes, int]:
+    """Upgrade ``client`` to a started Twilio stream on the daemon: (a masked media frame, its echo's length)."""
+    from voicebridge import messages, wsframes
+
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    upgrade = (
+        "GET /twilio-media HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+    client.send(upgrade)
+    head = b""
+    while b"\r\n\r\n" not in head:
+        reactor.doIteration(0.1)
+        try:
+            head += client.recv(65536)
+        except BlockingIOError:
+            pass
+    assert head.startswith(b"HTTP/1.1 101"), head
+    mask = b"\x01\x02\x03\x04"
+    sid = "MZ" + "1" * 32
+    for opening in (messages.twilio_connected(), messages.twilio_start(sid, "CA" + "2" * 32, "AC" + "3" * 32, {}, 1)):
+        client.send(wsframes.masked_frame(wsframes.FIN_TEXT, opening, mask))
+    for _ in range(20):
+        reactor.doIteration(0.01)
+    frame = wsframes.masked_frame(wsframes.FIN_TEXT, messages.twilio_media(sid, bytes(160), 1, 20, 3), mask)
+    return frame, len(wsframes.text_frame(messages.media(sid, bytes(160))))
+
+
+def serve(variant: str):
+    """A lean-loop EPollReactor serving ``variant``, and a connected client: (reactor, client, frame, echo length)."""
     sys.path.insert(0, str(REPO))
     from twisted.internet.epollreactor import EPollReactor
 
-    from voicebridge import leanloop, messages, wsframes
+    from voicebridge import leanloop
 
     if variant.endswith("-dispatch"):
         leanloop._SERVER = type("NoInlineRead", (), {})  # no transport is of this type: every event is dispatched
@@ -95,30 +123,13 @@ def run_echo(variant: str, frames: int) -> None:
     client.setblocking(False)
     for _ in range(20):
         reactor.doIteration(0.01)  # the accept
-    frame, expect = FRAME, len(FRAME)
-    if daemon:
-        key = "dGhlIHNhbXBsZSBub25jZQ=="
-        upgrade = (
-            "GET /twilio-media HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-        client.send(upgrade)
-        head = b""
-        while b"\r\n\r\n" not in head:
-            reactor.doIteration(0.1)
-            try:
-                head += client.recv(65536)
-            except BlockingIOError:
-                pass
-        assert head.startswith(b"HTTP/1.1 101"), head
-        mask = b"\x01\x02\x03\x04"
-        sid = "MZ" + "1" * 32
-        for opening in (messages.twilio_connected(), messages.twilio_start(sid, "CA" + "2" * 32, "AC" + "3" * 32, {}, 1)):
-            client.send(wsframes.masked_frame(wsframes.FIN_TEXT, opening, mask))
-        for _ in range(20):
-            reactor.doIteration(0.01)
-        frame = wsframes.masked_frame(wsframes.FIN_TEXT, messages.twilio_media(sid, bytes(160), 1, 20, 3), mask)
-        expect = len(wsframes.text_frame(messages.media(sid, bytes(160))))
+    frame, expect = open_stream(reactor, client) if daemon else (FRAME, len(FRAME))
+    return reactor, client, frame, expect
+
+
+def run_echo(variant: str, frames: int) -> None:
+    """The measured program: echo ``frames`` frames through an EPollReactor with the lean poll step."""
+    reactor, client, frame, expect = serve(variant)
     for _ in range(frames):
         _exchange(reactor, client, frame, expect)
 

@@ -8,6 +8,7 @@ refuse the handshake, stop reading, drop dead mid-call, close, send junk.
 from __future__ import annotations
 
 import base64
+import socket
 
 import orjson
 from autobahn.twisted.websocket import ConnectionDeny, WebSocketServerFactory, WebSocketServerProtocol
@@ -123,3 +124,29 @@ def listen_silent(reactor):
     factory.connections = []
     port = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
     return port, factory
+
+
+def listen_full():
+    """A listening socket whose accept queue is full: the kernel drops every further SYN, so a
+    connection to it neither completes nor is refused (a host that never answers, on loopback).
+
+    Returns (listening socket, the connections that fill its queue); close them all when done.
+    """
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)  # Linux queues backlog + 1 connections
+    fillers = []
+    for _ in range(8):
+        filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        filler.setblocking(False)
+        filler.connect_ex(listener.getsockname())
+        fillers.append(filler)
+        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        probe.settimeout(0.3)
+        try:
+            probe.connect(listener.getsockname())
+        except (TimeoutError, socket.timeout):
+            probe.close()
+            return listener, fillers
+        fillers.append(probe)
+    raise RuntimeError("the accept queue never filled: cannot make a listener that does not answer")

@@ -69,3 +69,16 @@ def test_the_instruction_counts_programs_echo_every_frame():
             timeout=60,
         )
         assert done.returncode == 0, done.stderr
+
+
+def test_the_frame_path_benchmark_runs_the_daemons_path():
+    """benchmarks/framepath.py checks itself that every frame reached the Call and was echoed; no timing is asserted."""
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "framepath.py"), "--frames", "300"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    for row in ("full path", "handler does nothing", "framing only", "real send", "send side"):
+        assert row in done.stdout

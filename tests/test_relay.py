@@ -9,7 +9,7 @@ import pytest_twisted
 
 from tests.conftest import PUBLIC, TOKEN
 from tests.http import call_form, post_form
-from tests.mediaapp import MediaApp, app_media, listen_silent
+from tests.mediaapp import MediaApp, app_media, listen_full, listen_silent
 from tests.nginx import free_port
 from tests.speech import speech  # noqa: F401  (a fixture)
 from voicebridge.signatures import SignatureChecker
@@ -154,12 +154,20 @@ handler_options = { url = "ws://127.0.0.1:9/app" }
     }
 
 
-@pytest.mark.parametrize("case", ["connect-refused", "handshake-refused", "handshake-timeout", "tls-failed", "tls-wrong-name"])
+@pytest.mark.parametrize(
+    "case", ["connect-refused", "connect-timeout", "handshake-refused", "handshake-timeout", "tls-failed", "tls-wrong-name"]
+)
 @pytest_twisted.inlineCallbacks
-def test_an_application_that_cannot_be_reached_ends_the_stream_with_the_reason(start_daemon, apps, pki, case):
+def test_an_application_that_cannot_be_reached_ends_the_stream_with_the_reason(start_daemon, apps, pki, case, request):
     extra = []
     if case == "connect-refused":
         url = f"ws://127.0.0.1:{free_port()}/media"
+    elif case == "connect-timeout":
+        listener, fillers = listen_full()
+        for sock in (listener, *fillers):
+            request.addfinalizer(sock.close)
+        url = f"ws://127.0.0.1:{listener.getsockname()[1]}/media"
+        extra = ["--relay-connect-timeout", "0.5"]
     elif case == "handshake-refused":
         app = yield MediaApp(refuse=403).listen(reactor())
         apps.append(app)
@@ -189,6 +197,8 @@ def test_an_application_that_cannot_be_reached_ends_the_stream_with_the_reason(s
         assert "403" in failed["detail"]
     if case == "tls-wrong-name":
         assert "DNSMismatch" in failed["detail"], "service_identity checked the name"
+    if case == "connect-timeout":
+        assert failed["detail"] == "no TCP connection within 0.5s (connect_timeout)", failed
     if case == "handshake-timeout":
         for connection in factory.connections:
             connection.transport.abortConnection()

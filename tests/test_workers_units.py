@@ -247,6 +247,44 @@ def test_a_claim_that_overtakes_its_reservation_leaves_no_phantom_slot():
     assert reg.capacity.counts() == (0, 0, 0), "and it lapses like any reservation"
 
 
+def test_a_worker_that_starts_late_hears_the_reservations_made_before_it():
+    from voicebridge.config import Settings
+    from voicebridge.supervisor import Supervisor, WorkerProcess
+
+    clock = task.Clock()
+    supervisor = Supervisor(Settings(listen=["tcp:0:interface=127.0.0.1"]), [], 2, clock, environ={})
+    first, late = WorkerProcess(supervisor, 0, 0.0), WorkerProcess(supervisor, 1, 0.0)
+    supervisor.workers = [first, None]  # the second is being restarted
+    sent: dict[int, list] = {0: [], 1: []}
+    for w in (first, late):
+        w.send = sent[w.index].append
+    for sid in ("CA1", "CA2", "CA3"):
+        supervisor.received(first, {"op": "reserve", "sid": sid, "tenant": "b-1" if sid == "CA2" else None, "seconds": 30})
+        clock.advance(5)
+    supervisor.received(first, {"op": "claim", "sid": "CA3"})  # its stream started (on the first worker)
+    clock.advance(10)
+    supervisor.workers[1] = late
+    supervisor.received(late, {"op": "ready"})
+    assert sent[1][1:] == [
+        {"op": "reserve", "sid": "CA1", "tenant": None, "seconds": 5.0},
+        {"op": "reserve", "sid": "CA2", "tenant": "b-1", "seconds": 10.0},
+    ], "what is left of each unclaimed reservation; none lapsed, none claimed"
+    clock.advance(20)
+    sent[1].clear()
+    supervisor.received(late, {"op": "ready"})
+    assert sent[1] == [{"op": "peers", "started": 0, "handshaking": 0, "tenants": {}}], "lapsed ones are not handed on"
+
+
+def test_a_reservation_handed_over_with_less_time_left_lapses_on_time():
+    reg, clock, _ = shared_registry(max_calls=10)
+    reg.capacity.reserve("CA-own", None)  # 30 s
+    reg.capacity.peer_reserved("CA-old", None, 5.0)  # from the supervisor, made 25 s ago elsewhere
+    assert reg.capacity.counts() == (0, 0, 2)
+    clock.advance(6)
+    assert reg.capacity.counts() == (0, 0, 1), "lapsed although held after a newer one"
+    assert reg.capacity.last_answered() == 0.0, "the newest is still the one answered last"
+
+
 def test_a_tenants_limit_counts_its_calls_on_every_worker():
     tenant = Tenant(id="business-1", numbers=("+15550100001",), max_calls=2)
     reg, _, peers = shared_registry(tenants=[tenant])
@@ -261,7 +299,7 @@ def test_a_single_process_tells_nobody():
     assert reg.capacity.reserve("CA1", None) is None
     call, _ = new_call(reg)
     call.text_received(messages.twilio_start("MZ1", "CA1", "AC1", {}, 1))
-    assert not reg.capacity.shared and reg.capacity._claimed == {}
+    assert not reg.capacity.shared and reg.capacity.reservations.claimed == {}
 
 
 def test_census_changes_in_one_turn_make_one_message():

@@ -78,10 +78,16 @@ class Transport(StringTransport):
 DEFAULTS = dict(maxMessagePayloadSize=65536, maxFramePayloadSize=65536, failByDrop=False)
 
 
+# Debugging switches of Autobahn's factory; each keeps every frame on Autobahn's own path.
+FACTORY_ATTRIBUTES = {"logFrames", "logOctets", "trackTimings"}
+
+
 def connect(protocol_class, **options):
     """An open server protocol over a StringTransport. No timers unless asked: nothing may outlive a test."""
     factory = WebSocketServerFactory("ws://127.0.0.1:8080")
     factory.protocol = protocol_class
+    for attribute in FACTORY_ATTRIBUTES & options.keys():  # not protocol options: set on the factory
+        setattr(factory, attribute, options.pop(attribute))
     factory.setProtocolOptions(**{"openHandshakeTimeout": 0, "closeHandshakeTimeout": 0, "autoPingInterval": 0, **options})
     factory.serverConnectionDropTimeout = 0
     proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
@@ -258,6 +264,9 @@ def test_every_frame_after_a_rare_one_still_arrives_in_order():
         dict(applyMask=False),
         dict(requireMaskedClientFrames=False),
         dict(autoFragmentSize=64),
+        dict(logFrames=True),  # FACTORY_ATTRIBUTES: every frame on Autobahn's path
+        dict(logOctets=True),
+        dict(trackTimings=True),
     ],
     ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()),
 )
@@ -267,6 +276,19 @@ def test_same_behaviour_under_other_options(options):
         assert_same([data], **options)
         for chunks in list(splits(data, budget=120))[::7]:
             assert_same(chunks, **options)
+
+
+def test_debugging_switches_keep_frames_off_the_fast_path():
+    """So the two tests above compare Autobahn with Autobahn there, as they should."""
+    proto, _ = connect(FastEcho, **DEFAULTS)
+    assert proto._fast_in and proto._fast_limit_out == 65535
+    proto.connectionLost(Failure(ConnectionDone()))
+    # trackTimings is not here: set on the factory it tracks nothing (Autobahn's setTrackTimings
+    # sees the value already set and never makes its Timings), so the fast path stays on, as it may.
+    for attribute in ("logFrames", "logOctets"):
+        proto, _ = connect(FastEcho, **DEFAULTS, **{attribute: True})
+        assert not proto._fast_in and proto._fast_limit_out == -1, attribute
+        proto.connectionLost(Failure(ConnectionDone()))
 
 
 _frames = st.builds(
@@ -347,9 +369,13 @@ def test_data_frames_hold_off_the_ping_timeout_alike(monkeypatch, traffic):
     assert kinds.count(wsframes.OP_PING) == (2 if traffic else 1)
 
 
-@pytest.mark.parametrize("options", [{}, {"autoFragmentSize": 100}, {"maxMessagePayloadSize": 0}], ids=str)
+SEND_OPTIONS = [{}, {"autoFragmentSize": 100}, {"maxMessagePayloadSize": 0}, {"logFrames": True}]
+PAYLOADS = [b"", b"a", b"b" * 125, b"c" * 126, MEDIA, b"d" * 65535, b"e" * 65536, "\u20ac".encode()]
+
+
+@pytest.mark.parametrize("options", SEND_OPTIONS, ids=str)
 def test_messages_sent_are_the_same_bytes(options):
-    payloads = [b"", b"a", b"b" * 125, b"c" * 126, MEDIA, b"d" * 65535, b"e" * 65536, "\u20ac".encode()]
+    payloads = PAYLOADS
     written = []
     for cls in (PlainEcho, FastEcho):
         proto, transport = connect(cls, **{**DEFAULTS, "maxMessagePayloadSize": 70000, **options})
@@ -359,6 +385,25 @@ def test_messages_sent_are_the_same_bytes(options):
             proto.sendMessage(payload, isBinary=True)
             proto.sendMessage(payload, fragmentSize=50)
         written.append(transport.value())
+        proto.connectionLost(Failure(ConnectionDone()))
+    assert written[0] == written[1]
+
+
+@pytest.mark.parametrize("options", SEND_OPTIONS, ids=str)
+def test_the_links_send_text_is_sendMessage_while_open_and_nothing_after(options):
+    """What a Call sends through (``send_text``) writes what Autobahn's sendMessage writes, and is dropped once closing."""
+    written = []
+    for cls, send in ((PlainEcho, PlainEcho.sendMessage), (FastEcho, FastEcho.send_text)):
+        proto, transport = connect(cls, **{**DEFAULTS, "maxMessagePayloadSize": 70000, **options})
+        transport.clear()
+        for payload in PAYLOADS:
+            send(proto, payload)
+        written.append(transport.value())
+        proto.sendClose(1000)
+        transport.clear()
+        if cls is FastEcho:
+            proto.send_text(MEDIA)  # after the close began: no frame, no exception
+            assert transport.value() == b""
         proto.connectionLost(Failure(ConnectionDone()))
     assert written[0] == written[1]
 

@@ -23,7 +23,9 @@ Under ``--workers`` each worker's ``peers`` (voicebridge/peers.py) add the other
 calls to the load, and every reservation is shared: a webhook answered by one worker reserves
 the slot in all of them, and the ``start`` that takes it, on whichever worker the stream landed,
 frees it in all of them. A claim that overtakes its reservation on the way is remembered, so the
-late reservation is not held as a phantom slot.
+late reservation is not held as a phantom slot. The supervisor keeps the same ledger
+(``Reservations``) and hands it to a worker that starts late (a restart), so that worker counts
+the slots the others reserved before it was there.
 """
 
 from __future__ import annotations
@@ -52,6 +54,60 @@ class NoPeers:
         pass
 
 
+class Reservations:
+    """CallSids a webhook admitted whose ``start`` has not come yet, soonest to lapse first;
+    and, where reservations are shared between processes, the claims heard, so that a reservation
+    arriving after its claim is not held."""
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.held: OrderedDict[str, tuple[str | None, float]] = OrderedDict()  # CallSid -> (tenant id, expiry)
+        self.claimed: OrderedDict[str, float] = OrderedDict()  # CallSid -> expiry
+
+    def expire(self) -> None:
+        now = self.clock.seconds()
+        while self.held and next(iter(self.held.values()))[1] <= now:
+            self.held.popitem(last=False)
+        while self.claimed and next(iter(self.claimed.values())) <= now:
+            self.claimed.popitem(last=False)
+
+    def hold(self, key: str, tenant_id: str | None, seconds: float) -> None:
+        """Hold ``key`` for ``seconds``, kept in order of expiry (a repeat moves, with its new expiry)."""
+        self.held.pop(key, None)
+        expiry = self.clock.seconds() + seconds
+        later = []  # only a reservation handed over with less time left lands before others
+        for sid, (_, other) in reversed(self.held.items()):
+            if other <= expiry:
+                break
+            later.append(sid)
+        self.held[key] = (tenant_id, expiry)
+        for sid in reversed(later):
+            self.held.move_to_end(sid)
+        while len(self.held) > MAX_RESERVATIONS:
+            self.held.popitem(last=False)
+
+    def heard(self, call_sid: str, tenant_id: str | None, seconds: float) -> None:
+        """Another process reserved ``call_sid``: hold it here too, unless its claim came first."""
+        self.expire()
+        if call_sid not in self.claimed:
+            self.hold(call_sid, tenant_id, min(seconds, RESERVATION_SECONDS))
+
+    def claim(self, call_sid: str, remember: bool = True) -> None:
+        """``call_sid``'s start took its slot; ``remember`` it where its reservation may still be on the way."""
+        self.held.pop(call_sid, None)
+        if remember:
+            self.claimed.pop(call_sid, None)
+            self.claimed[call_sid] = self.clock.seconds() + RESERVATION_SECONDS
+            while len(self.claimed) > MAX_RESERVATIONS:
+                self.claimed.popitem(last=False)
+
+    def remaining(self) -> list[tuple[str, str | None, float]]:
+        """(CallSid, tenant id, seconds left) of every reservation held, soonest to lapse first."""
+        self.expire()
+        now = self.clock.seconds()
+        return [(sid, tenant_id, expiry - now) for sid, (tenant_id, expiry) in self.held.items()]
+
+
 class Capacity:
     def __init__(self, max_calls: int | None, clock, registry):
         """``registry`` answers ``census()`` -> (started, handshaking) and ``started_for(tenant_id)``."""
@@ -60,10 +116,7 @@ class Capacity:
         self.registry = registry
         self.peers = NoPeers()
         self.shared = False
-        # CallSid -> (tenant id, expiry), oldest first: every reservation lasts the same time.
-        self._reserved: OrderedDict[str, tuple[str | None, float]] = OrderedDict()
-        # CallSid -> expiry of the claims heard (workers only): a reservation arriving after its claim is dropped.
-        self._claimed: OrderedDict[str, float] = OrderedDict()
+        self.reservations = Reservations(clock)
         self._anonymous = itertools.count(1)
         self._anonymous_prefix = f"anonymous-{os.getpid()}-"  # unique across workers too
 
@@ -75,17 +128,10 @@ class Capacity:
 
     # What the load is.
 
-    def _expire(self) -> None:
-        now = self.clock.seconds()
-        while self._reserved and next(iter(self._reserved.values()))[1] <= now:
-            self._reserved.popitem(last=False)
-        while self._claimed and next(iter(self._claimed.values())) <= now:
-            self._claimed.popitem(last=False)
-
     def last_answered(self) -> float | None:
         """When the newest reservation was made (the webhook's last ``<Connect>``), if any is held."""
-        self._expire()
-        return next(reversed(self._reserved.values()))[1] - RESERVATION_SECONDS if self._reserved else None
+        self.reservations.expire()
+        return next(reversed(self.reservations.held.values()))[1] - RESERVATION_SECONDS if self.reservations.held else None
 
     def expecting_stream(self) -> bool:
         """A call the webhook answered has not connected its stream yet (a handshake is taken for one)."""
@@ -94,14 +140,14 @@ class Capacity:
 
     def counts(self) -> tuple[int, int, int]:
         """(started, handshaking, reserved)."""
-        self._expire()
+        self.reservations.expire()
         started, handshaking = self.registry.census()
         peers_started, peers_handshaking = self.peers.census()
-        return started + peers_started, handshaking + peers_handshaking, len(self._reserved)
+        return started + peers_started, handshaking + peers_handshaking, len(self.reservations.held)
 
     def _tenant_load(self, tenant_id: str, except_sid: str | None = None) -> int:
         started = self.registry.started_for(tenant_id) + self.peers.started_for(tenant_id)
-        reserved = sum(1 for sid, (t, _) in self._reserved.items() if t == tenant_id and sid != except_sid)
+        reserved = sum(1 for sid, (t, _) in self.reservations.held.items() if t == tenant_id and sid != except_sid)
         return started + reserved
 
     def _limited(self, tenant) -> bool:
@@ -113,7 +159,7 @@ class Capacity:
         """At the webhook: admit (and hold a slot for ``call_sid``) or say which limit is reached."""
         if self._limited(tenant):
             started, handshaking, reserved = self.counts()
-            if call_sid in self._reserved:
+            if call_sid in self.reservations.held:
                 reserved -= 1  # Twilio asking again for the same call: it already holds its slot
             if self.max_calls is not None and started + max(reserved + 1, handshaking) > self.max_calls:
                 return f"this daemon's limit of {self.max_calls} calls is reached (--max-calls)"
@@ -121,35 +167,20 @@ class Capacity:
                 if self._tenant_load(tenant.id, except_sid=call_sid) + 1 > tenant.max_calls:
                     return f"tenant {tenant.id}'s limit of {tenant.max_calls} calls is reached (max_calls)"
         else:
-            self._expire()
+            self.reservations.expire()
         key = call_sid or f"{self._anonymous_prefix}{next(self._anonymous)}"
         tenant_id = tenant.id if tenant is not None else None
-        self._hold(key, tenant_id, RESERVATION_SECONDS)
+        self.reservations.hold(key, tenant_id, RESERVATION_SECONDS)
         self.peers.reserved(key, tenant_id, RESERVATION_SECONDS)
         return None
-
-    def _hold(self, key: str, tenant_id: str | None, seconds: float) -> None:
-        self._reserved.pop(key, None)  # a repeat goes to the end, with a new expiry
-        self._reserved[key] = (tenant_id, self.clock.seconds() + seconds)
-        while len(self._reserved) > MAX_RESERVATIONS:
-            self._reserved.popitem(last=False)
 
     # What the other workers did (``--workers``).
 
     def peer_reserved(self, call_sid: str, tenant_id: str | None, seconds: float) -> None:
-        self._expire()
-        if call_sid not in self._claimed:
-            self._hold(call_sid, tenant_id, min(seconds, RESERVATION_SECONDS))
+        self.reservations.heard(call_sid, tenant_id, seconds)
 
     def peer_claimed(self, call_sid: str) -> None:
-        self._reserved.pop(call_sid, None)
-        self._remember_claim(call_sid)
-
-    def _remember_claim(self, call_sid: str) -> None:
-        self._claimed.pop(call_sid, None)
-        self._claimed[call_sid] = self.clock.seconds() + RESERVATION_SECONDS
-        while len(self._claimed) > MAX_RESERVATIONS:
-            self._claimed.popitem(last=False)
+        self.reservations.claim(call_sid)
 
     def admit_handshake(self) -> str | None:
         """At the stream handshake (this call is not yet among ``calls``)."""
@@ -165,10 +196,9 @@ class Capacity:
 
     def admit_start(self, call_sid: str, tenant) -> str | None:
         """At ``start``: the call takes its reservation; refused when its tenant is full (the call is not yet STARTED)."""
-        self._expire()
-        self._reserved.pop(call_sid, None)
+        self.reservations.expire()
+        self.reservations.claim(call_sid, remember=self.shared)
         if self.shared:
-            self._remember_claim(call_sid)
             self.peers.claimed(call_sid)  # the reservation may be held by the worker that answered the webhook
         if tenant is not None and tenant.max_calls is not None:
             if self._tenant_load(tenant.id) + 1 > tenant.max_calls:

@@ -25,6 +25,7 @@ from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
 from voicebridge import control
+from voicebridge.logs import printable
 
 log = Logger(namespace="voicebridge.worker")
 
@@ -171,6 +172,12 @@ class SupervisorLink(Service):
             self._peers = message
         elif op == "reserve":
             self.registry.capacity.peer_reserved(message["sid"], message["tenant"], message["seconds"])
+            log.debug(
+                "reservation for {callSid} made by another worker, {seconds:.1f}s left",
+                event_name="worker.reservation_heard",
+                callSid=printable(message["sid"], 64),
+                seconds=message["seconds"],
+            )
         elif op == "claim":
             self.registry.capacity.peer_claimed(message["sid"])
         elif op == "metrics-request":

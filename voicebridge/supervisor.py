@@ -7,8 +7,9 @@ options, and ``VOICEBRIDGE_WORKER`` naming their sockets and control pipes
 
 - restarts a worker that dies, after 1 s, doubling to 30 s while it keeps dying;
 - relays what the workers tell one another (voicebridge/control.py): census, reservations and
-  claims, so ``--max-calls`` and a tenant's ``max_calls`` hold across the machine, and metrics
-  requests, so ``/metrics`` on any worker answers for all;
+  claims, so ``--max-calls`` and a tenant's ``max_calls`` hold across the machine (and keeps
+  the reservations, for a worker that starts late), and metrics requests, so ``/metrics`` on
+  any worker answers for all;
 - takes the signals: SIGTERM or SIGINT drains every worker, and once all have drained they exit
   together (each keeps answering 503 until then); a second one cuts the drain; SIGHUP reloads
   the certificates in each;
@@ -32,6 +33,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger, eventFromJSON, globalLogPublisher
 
 from voicebridge import control, sockets
+from voicebridge.capacity import Reservations
 from voicebridge.drain import GRACE
 from voicebridge.logs import printable
 from voicebridge.notify import notify
@@ -154,6 +156,7 @@ class Supervisor(MultiService):
         self.bound_as: int | None = None  # the user the ports were bound as (privilegedStartService)
         self._waiter: defer.Deferred | None = None
         self._gathers: dict[int, _Gather] = {}
+        self.reservations = Reservations(reactor)  # the workers' reservations, for a worker that starts late
         self._gather_ids = itertools.count(1)
 
     # Start-up.
@@ -281,6 +284,8 @@ class Supervisor(MultiService):
         if op == "ready":
             worker.ready = True
             worker.send(self._peers_of(worker))
+            for sid, tenant_id, seconds in self.reservations.remaining():  # made before it was there
+                worker.send({"op": "reserve", "sid": sid, "tenant": tenant_id, "seconds": seconds})
             log.info("worker {worker} ready", event_name="worker.ready", worker=worker.index, pid=worker.pid)
             if not (self.announced or self.stopping) and all(w is not None and w.ready for w in self.workers):
                 self.announced = True
@@ -289,6 +294,10 @@ class Supervisor(MultiService):
             worker.census = {k: message[k] for k in ("started", "handshaking", "tenants")}
             self._tell_census()
         elif op in ("reserve", "claim"):
+            if op == "reserve":
+                self.reservations.heard(message["sid"], message["tenant"], message["seconds"])
+            else:
+                self.reservations.claim(message["sid"])
             for other in self.live():
                 if other is not worker:
                     other.send(message)

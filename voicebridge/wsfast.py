@@ -42,9 +42,8 @@ class FastTextFrames:
     #: ``_onMessage(payload, False)`` -> ``onMessage``: two calls fewer per frame.
     text_sink = None
     _fast_in = False
-    _fast_out = False
     _fast_limit_in = 0
-    _fast_limit_out = 0
+    _fast_limit_out = -1
 
     def _onOpen(self):
         plain = (
@@ -55,9 +54,11 @@ class FastTextFrames:
             and self.websocket_version != 0
         )
         self._fast_in = plain and self.factory.isServer
-        self._fast_out = plain and self.factory.isServer and not self.maskServerFrames
         self._fast_limit_in = min([MAX_16BIT, *(x for x in (self.maxMessagePayloadSize, self.maxFramePayloadSize) if x > 0)])
-        self._fast_limit_out = min([MAX_16BIT, *(x for x in (self.maxMessagePayloadSize, self.autoFragmentSize) if x > 0)])
+        # -1 where frames out must be Autobahn's: one comparison per frame decides both.
+        fast_out = plain and self.factory.isServer and not self.maskServerFrames
+        limit_out = min([MAX_16BIT, *(x for x in (self.maxMessagePayloadSize, self.autoFragmentSize) if x > 0)])
+        self._fast_limit_out = limit_out if fast_out else -1
         super()._onOpen()
 
     # Frames in.
@@ -160,7 +161,8 @@ class FastTextFrames:
         nothing to do about it.
         """
         n = len(payload)
-        if n <= self._fast_limit_out and self._fast_out and self.state == _OPEN and self.send_state == _GROUND and not self.send_queue:
-            write_now(self.transport, (bytes((FIN_TEXT, n)) if n <= MAX_SHORT else LEN16.pack(FIN_TEXT, 126, n)) + payload)
+        if n <= self._fast_limit_out and self.state == _OPEN and self.send_state == _GROUND and not self.send_queue:
+            head = bytes((FIN_TEXT, n)) if n <= MAX_SHORT else LEN16.pack(FIN_TEXT, 126, n)
+            write_now(self.transport, head + payload)
         elif self.state == _OPEN:
             super().sendMessage(payload, False)

@@ -236,15 +236,18 @@ class RelayHandler(Handler):
         if failure.check(defer.CancelledError) or self.state != CONNECTING:
             self._gone_now()
             return
+        detail = str(failure.value)
         if failure.check(error.ConnectionRefusedError):
             reason = "connect-refused"
         elif failure.check(error.TimeoutError, defer.TimeoutError):
             reason = "connect-timeout"
+            # Twisted says only "User timeout caused connection failure."
+            detail = f"no TCP connection within {self.options['connect_timeout']:g}s (connect_timeout)"
         elif failure.check(error.DNSLookupError):
             reason = "dns-failed"
         else:
             reason = "connect-failed"
-        self._fail(reason, str(failure.value))
+        self._fail(reason, detail)
         self._gone_now()
 
     def _handshake_timed_out(self) -> None:
