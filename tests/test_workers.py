@@ -94,22 +94,15 @@ def test_calls_spread_over_the_workers_and_metrics_count_the_machine(start_daemo
     assert served, "the scrapes were answered by workers"
 
 
-def test_max_calls_holds_across_workers():
+def test_max_calls_holds_across_workers(start_daemon):
     """Two answered calls fill --max-calls 2, whichever worker answered them: the others say busy too.
 
     The other worker hears of each reservation through the supervisor, a moment after the webhook
     is answered (README: within that moment two webhooks can take the same last slot): the test
     waits until it has (``worker.reservation_heard``, a debug event) before the next webhook.
     """
-    daemon = Daemon(["--workers", "2", "--max-calls", "2"], command=[*twist_command(), "--log-level=debug", "voicebridge"])
-    try:
-        daemon.start()
-        _busy_from_a_worker_holding_fewer_than_the_limit(daemon)
-    finally:
-        daemon.stop()
-
-
-def _busy_from_a_worker_holding_fewer_than_the_limit(daemon):
+    debug = [*twist_command(), "--log-level=debug", "voicebridge"]
+    daemon = start_daemon("--workers", "2", "--max-calls", "2", command=debug)
     answered: dict[int, int] = {0: 0, 1: 0}
     proof = None
     for n in range(60):  # bounded: stop once a worker that answered fewer than 2 itself said busy

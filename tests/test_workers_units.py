@@ -269,10 +269,31 @@ def test_a_worker_that_starts_late_hears_the_reservations_made_before_it():
         {"op": "reserve", "sid": "CA1", "tenant": None, "seconds": 5.0},
         {"op": "reserve", "sid": "CA2", "tenant": "b-1", "seconds": 10.0},
     ], "what is left of each unclaimed reservation; none lapsed, none claimed"
+    assert all(control.problem(m) is None for m in sent[1]), "what a worker is handed passes the schema"
     clock.advance(20)
     sent[1].clear()
     supervisor.received(late, {"op": "ready"})
     assert sent[1] == [{"op": "peers", "started": 0, "handshaking": 0, "tenants": {}}], "lapsed ones are not handed on"
+
+
+def test_no_reservation_is_handed_over_with_less_than_no_time_left():
+    """A real clock moves between two readings: one that lapses in between must not go out as -0.5 us."""
+    from voicebridge.capacity import Reservations
+
+    class Creeping:
+        t = 0.0
+
+        def seconds(self):
+            self.t += 1e-6
+            return self.t
+
+    clock = Creeping()
+    reservations = Reservations(clock)
+    reservations.hold("CA1", None, 30.0)  # lapses at 30.000001
+    clock.t = 29.9999995  # readings now: 30.0000005 (still held), then 30.0000015 (lapsed)
+    handed = [{"op": "reserve", "sid": sid, "tenant": t, "seconds": left} for sid, t, left in reservations.remaining()]
+    assert [control.problem(m) for m in handed] == [None] * len(handed)
+    assert all(m["seconds"] > 0 for m in handed)
 
 
 def test_a_reservation_handed_over_with_less_time_left_lapses_on_time():

@@ -79,10 +79,10 @@ DEFAULTS = dict(maxMessagePayloadSize=65536, maxFramePayloadSize=65536, failByDr
 
 
 # Debugging switches of Autobahn's factory; each keeps every frame on Autobahn's own path.
-FACTORY_ATTRIBUTES = {"logFrames", "logOctets", "trackTimings"}
+FACTORY_ATTRIBUTES = {"logFrames", "logOctets"}
 
 
-def connect(protocol_class, **options):
+def connect(protocol_class, track_timings=False, **options):
     """An open server protocol over a StringTransport. No timers unless asked: nothing may outlive a test."""
     factory = WebSocketServerFactory("ws://127.0.0.1:8080")
     factory.protocol = protocol_class
@@ -93,6 +93,10 @@ def connect(protocol_class, **options):
     proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
     transport = Transport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
     proto.makeConnection(transport)
+    if track_timings:
+        # Set on the factory, trackTimings tracks nothing (Autobahn's setTrackTimings sees the
+        # value already set and never makes its Timings); turned on here, before the handshake, it does.
+        proto.setTrackTimings(True)
     proto.dataReceived(HANDSHAKE)
     assert proto.state == proto.STATE_OPEN
     return proto, transport
@@ -266,7 +270,7 @@ def test_every_frame_after_a_rare_one_still_arrives_in_order():
         dict(autoFragmentSize=64),
         dict(logFrames=True),  # FACTORY_ATTRIBUTES: every frame on Autobahn's path
         dict(logOctets=True),
-        dict(trackTimings=True),
+        dict(track_timings=True),
     ],
     ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()),
 )
@@ -283,9 +287,7 @@ def test_debugging_switches_keep_frames_off_the_fast_path():
     proto, _ = connect(FastEcho, **DEFAULTS)
     assert proto._fast_in and proto._fast_limit_out == 65535
     proto.connectionLost(Failure(ConnectionDone()))
-    # trackTimings is not here: set on the factory it tracks nothing (Autobahn's setTrackTimings
-    # sees the value already set and never makes its Timings), so the fast path stays on, as it may.
-    for attribute in ("logFrames", "logOctets"):
+    for attribute in ("logFrames", "logOctets", "track_timings"):
         proto, _ = connect(FastEcho, **DEFAULTS, **{attribute: True})
         assert not proto._fast_in and proto._fast_limit_out == -1, attribute
         proto.connectionLost(Failure(ConnectionDone()))

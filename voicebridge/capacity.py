@@ -64,8 +64,9 @@ class Reservations:
         self.held: OrderedDict[str, tuple[str | None, float]] = OrderedDict()  # CallSid -> (tenant id, expiry)
         self.claimed: OrderedDict[str, float] = OrderedDict()  # CallSid -> expiry
 
-    def expire(self) -> None:
-        now = self.clock.seconds()
+    def expire(self, now: float | None = None) -> None:
+        if now is None:
+            now = self.clock.seconds()
         while self.held and next(iter(self.held.values()))[1] <= now:
             self.held.popitem(last=False)
         while self.claimed and next(iter(self.claimed.values())) <= now:
@@ -103,8 +104,8 @@ class Reservations:
 
     def remaining(self) -> list[tuple[str, str | None, float]]:
         """(CallSid, tenant id, seconds left) of every reservation held, soonest to lapse first."""
-        self.expire()
         now = self.clock.seconds()
+        self.expire(now)  # the same instant: every time left is above zero
         return [(sid, tenant_id, expiry - now) for sid, (tenant_id, expiry) in self.held.items()]
 
 

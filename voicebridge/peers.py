@@ -173,7 +173,7 @@ class SupervisorLink(Service):
         elif op == "reserve":
             self.registry.capacity.peer_reserved(message["sid"], message["tenant"], message["seconds"])
             log.debug(
-                "reservation for {callSid} made by another worker, {seconds:.1f}s left",
+                "reservation for {callSid} made elsewhere (or before this worker started), {seconds:.1f}s left",
                 event_name="worker.reservation_heard",
                 callSid=printable(message["sid"], 64),
                 seconds=message["seconds"],
