@@ -44,10 +44,14 @@ def _seconds(value) -> bool:
 
 # op -> field -> check. Every message is checked before either end acts on it, so a message
 # that is not what the other end sends is dropped and reported, never half acted on.
+# A worker's calls (``census``), or the other workers' summed (``peers``).
+CENSUS = {"started": _count, "handshaking": _count, "tenants": _tenants}
+NO_CENSUS = {"started": 0, "handshaking": 0, "tenants": {}}
+
 SCHEMA = {
     "ready": {"addresses": lambda v: type(v) is list and all(type(a) is str for a in v)},
-    "census": {"started": _count, "handshaking": _count, "tenants": _tenants},
-    "peers": {"started": _count, "handshaking": _count, "tenants": _tenants},
+    "census": CENSUS,
+    "peers": CENSUS,
     "reserve": {"sid": _sid, "tenant": lambda v: v is None or type(v) is str, "seconds": _seconds},
     "claim": {"sid": _sid},
     "metrics-request": {"id": lambda v: type(v) is int},

@@ -175,7 +175,7 @@ class Metrics:
         )
         answered = 1 + len(others)
         workers.add_metric(["answered"], answered)
-        workers.add_metric(["missing"], max(self.peers.workers - answered, 0))
+        workers.add_metric(["missing"], max(self.peers.spec.workers - answered, 0))
         return _Families([*families, workers])
 
 

@@ -102,7 +102,7 @@ class SupervisorLink(Service):
         self.transport = None
         self.gone = False
         self.draining = False
-        self._peers = {"started": 0, "handshaking": 0, "tenants": {}}
+        self._peers = control.NO_CENSUS
         self._sent_census = None
         self._census_call = None
         self._gathers: dict[int, defer.Deferred] = {}
@@ -227,10 +227,6 @@ class SupervisorLink(Service):
             self.send({"op": "census", **census})
 
     # /metrics for the whole machine (MetricsResource).
-
-    @property
-    def workers(self) -> int:
-        return self.spec.workers
 
     def gather_metrics(self) -> defer.Deferred:
         """Fires with [worker index, families] of each other worker that answered."""

@@ -161,7 +161,7 @@ class VoiceBridgeService(MultiService):
 
     def banner(self) -> None:
         ports = [listener.port.getHost().port for listener in self.listeners if hasattr(listener.port.getHost(), "port")]
-        banner(self.settings, self.urls, [listener.address for listener in self.listeners], ports)
+        banner(self.settings, self.urls, self.admission.enforcing, [listener.address for listener in self.listeners], ports)
 
     @defer.inlineCallbacks
     def stopService(self):
@@ -173,13 +173,12 @@ class VoiceBridgeService(MultiService):
         yield super().stopService()
 
 
-def banner(settings, urls, addresses: list[str], ports: list[int], **extra) -> None:
-    """The start-up banner: what is served where, what Twilio is told, whether signatures count."""
+def banner(settings, urls, enforcing: bool, addresses: list[str], ports: list[int], **extra) -> None:
+    """The start-up banner: what is served where, what Twilio is told, whether signatures count (``Admission.enforcing``)."""
     if urls.public_url:
         stream_url = urls.public_url.replace("https://", "wss://", 1).replace("http://", "ws://", 1) + urls.stream_path
     else:
         stream_url = f"derived per request from Host (wss://HOST{urls.stream_path}); set --public-url"
-    enforcing = bool(settings.auth_token)
     log.info(
         "voicebridge listening on {addresses}; public url {public_url}; stream url given to Twilio: {stream_url}; "
         "signatures {signatures}; handler {handler}; tenants {tenants}" + "".join(f"; {k} {{{k}}}" for k in extra),

@@ -33,6 +33,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger, eventFromJSON, globalLogPublisher
 
 from voicebridge import control, sockets
+from voicebridge.admission import Admission
 from voicebridge.capacity import Reservations
 from voicebridge.drain import GRACE
 from voicebridge.logs import printable
@@ -50,7 +51,6 @@ STABLE_SECONDS = 60.0  # a worker that ran this long is restarted after RESTART_
 METRICS_WAIT = 1.5  # for the other workers' families (a worker waits peers.METRICS_TIMEOUT for the answer)
 KILL_MARGIN = 15.0  # past the drain timeout and its grace, workers still running are killed
 NOT_FOR_WORKERS = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")  # the supervisor's alone
-NO_CENSUS = {"started": 0, "handshaking": 0, "tenants": {}}
 
 
 def worker_count(value: str) -> int:
@@ -87,7 +87,7 @@ class WorkerProcess(protocol.ProcessProtocol):
         self.started_at = started_at
         self.pid: int | None = None
         self.ready = self.drained = self.ended = False
-        self.census = NO_CENSUS
+        self.census = control.NO_CENSUS
         self._control = control.LineDecoder()
         self._log = control.Lines()
         self._stderr = control.Lines()
@@ -152,8 +152,8 @@ class Supervisor(MultiService):
         self.workers: list[WorkerProcess | None] = [None] * count
         self.restarts: dict[int, object] = {}  # slot -> the delayed restart
         self.backoff = [RESTART_FIRST] * count
-        self.bound = self.stopping = self.announced = False
-        self.bound_as: int | None = None  # the user the ports were bound as (privilegedStartService)
+        self.stopping = self.announced = False
+        self.bound_as: int | None = None  # the user the ports were bound as (privilegedStartService), once bound
         self._waiter: defer.Deferred | None = None
         self._gathers: dict[int, _Gather] = {}
         self.reservations = Reservations(reactor)  # the workers' reservations, for a worker that starts late
@@ -164,7 +164,6 @@ class Supervisor(MultiService):
     def privilegedStartService(self):
         # Bound here, before twistd drops privileges (twist calls only startService, which comes here first);
         # a port that cannot be bound stops start-up.
-        self.bound = True
         self.bound_as = os.geteuid()
         for i, spec in enumerate(self.specs):
             if not spec.per_worker:
@@ -181,7 +180,7 @@ class Supervisor(MultiService):
         super().privilegedStartService()
 
     def startService(self):
-        if not self.bound:
+        if self.bound_as is None:
             self.privilegedStartService()
         super().startService()
         if os.geteuid() != self.bound_as:
@@ -283,7 +282,7 @@ class Supervisor(MultiService):
         op = message["op"]
         if op == "ready":
             worker.ready = True
-            worker.send(self._peers_of(worker))
+            worker.send(self._peers_of(worker, self._machine_census()))
             for sid, tenant_id, seconds in self.reservations.remaining():  # made before it was there
                 worker.send({"op": "reserve", "sid": sid, "tenant": tenant_id, "seconds": seconds})
             log.info("worker {worker} ready", event_name="worker.ready", worker=worker.index, pid=worker.pid)
@@ -291,7 +290,7 @@ class Supervisor(MultiService):
                 self.announced = True
                 self._announce()
         elif op == "census":
-            worker.census = {k: message[k] for k in ("started", "handshaking", "tenants")}
+            worker.census = {k: message[k] for k in control.CENSUS}
             self._tell_census()
         elif op in ("reserve", "claim"):
             if op == "reserve":
@@ -320,23 +319,35 @@ class Supervisor(MultiService):
         ports = [self.ports[i] for i in sorted(self.ports)]
         ports += [p.getHost().port for p in self.shared.values() if hasattr(p.getHost(), "port")]
         addresses = self.addresses()
-        banner(self.settings, self.urls, addresses, ports, workers=self.count)
+        banner(self.settings, self.urls, Admission(self.settings).enforcing, addresses, ports, workers=self.count)
         notify("READY=1", f"STATUS={self.count} worker(s) listening on {', '.join(addresses)}")
 
-    def _peers_of(self, worker: WorkerProcess) -> dict:
-        """The other workers' census, summed: what ``worker`` adds to its own."""
+    def _machine_census(self) -> tuple[int, int, Counter]:
+        """Every live worker's census, summed: (started, handshaking, started per tenant)."""
         started = handshaking = 0
         tenants: Counter = Counter()
-        for other in self.live():
-            if other is not worker:
-                started += other.census["started"]
-                handshaking += other.census["handshaking"]
-                tenants.update(other.census["tenants"])
-        return {"op": "peers", "started": started, "handshaking": handshaking, "tenants": dict(tenants)}
+        for worker in self.live():
+            started += worker.census["started"]
+            handshaking += worker.census["handshaking"]
+            tenants.update(worker.census["tenants"])
+        return started, handshaking, tenants
+
+    @staticmethod
+    def _peers_of(worker: WorkerProcess, machine: tuple[int, int, Counter]) -> dict:
+        """The other workers' census, summed: the machine's less ``worker``'s own (tenants at 0 left out)."""
+        started, handshaking, tenants = machine
+        own = worker.census
+        return {
+            "op": "peers",
+            "started": started - own["started"],
+            "handshaking": handshaking - own["handshaking"],
+            "tenants": dict(tenants - Counter(own["tenants"])),
+        }
 
     def _tell_census(self) -> None:
+        machine = self._machine_census()  # once, not once per worker
         for worker in self.live():
-            worker.send(self._peers_of(worker))
+            worker.send(self._peers_of(worker, machine))
 
     def _gather(self, asker: WorkerProcess, request_id) -> None:
         others = [w for w in self.live() if w is not asker and w.ready]
