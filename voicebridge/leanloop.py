@@ -69,7 +69,10 @@ def _poll(self, timeout):
         selectable = selectables.get(fd)
         if selectable is None:
             continue
-        if event == EPOLLIN and type(selectable) is _SERVER:
+        try:
+            if event != EPOLLIN or type(selectable) is not _SERVER:
+                dispatch(selectable, fd, event)
+                continue
             # _doReadOrWrite + Connection.doRead, inline: the same recv, the same outcomes.
             try:
                 data = selectable.socket.recv(selectable.bufferSize)
@@ -87,15 +90,7 @@ def _poll(self, timeout):
                     except BaseException:
                         why = sys.exc_info()[1]
                         legacy_log.err()  # as _doReadOrWrite reports it
-            try:
-                self._disconnectSelectable(selectable, why, True)
-            except Exception:
-                log.failure(
-                    "unhandled error handling an event for {selectable}", event_name="reactor.io_error", selectable=selectable
-                )
-            continue
-        try:
-            dispatch(selectable, fd, event)
+            self._disconnectSelectable(selectable, why, True)
         except Exception:  # what callWithLogger caught: never let one socket stop the loop
             log.failure(
                 "unhandled error handling an event for {selectable}", event_name="reactor.io_error", selectable=selectable
