@@ -116,7 +116,6 @@ class Capacity:
         self.clock = clock
         self.registry = registry
         self.peers = NoPeers()
-        self.shared = False
         self.reservations = Reservations(clock)
         self._anonymous = itertools.count(1)
         self._anonymous_prefix = f"anonymous-{os.getpid()}-"  # unique across workers too
@@ -125,7 +124,10 @@ class Capacity:
         """Under ``--workers``: ``peers`` answers ``census()`` and ``started_for()`` for the other workers,
         and hears of every reservation made and claimed here."""
         self.peers = peers
-        self.shared = True
+
+    @property
+    def shared(self) -> bool:
+        return not isinstance(self.peers, NoPeers)
 
     # What the load is.
 
@@ -199,8 +201,7 @@ class Capacity:
         """At ``start``: the call takes its reservation; refused when its tenant is full (the call is not yet STARTED)."""
         self.reservations.expire()
         self.reservations.claim(call_sid, remember=self.shared)
-        if self.shared:
-            self.peers.claimed(call_sid)  # the reservation may be held by the worker that answered the webhook
+        self.peers.claimed(call_sid)  # the reservation may be held by the worker that answered the webhook
         if tenant is not None and tenant.max_calls is not None:
             if self._tenant_load(tenant.id) + 1 > tenant.max_calls:
                 return f"tenant {tenant.id}'s limit of {tenant.max_calls} calls is reached (max_calls)"
