@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -21,6 +20,7 @@ from twisted.internet import defer
 from tests.conftest import TOKEN
 from tests.daemon import REPO, Daemon, source_env
 from tests.fakeapps import FakeApp
+from tests.mediaapp import listen_full
 from tests.nginx import Nginx, free_port
 from tests.pki import PKI
 from voicebridge.probe import ConnectTo, Probe, ProbeOptions
@@ -398,16 +398,13 @@ def test_nothing_listening_is_connection_refused():
 
 @pytest_twisted.inlineCallbacks
 def test_a_listener_that_never_accepts_is_a_connect_timeout():
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    filler = socket.create_connection(listener.getsockname())  # fills the backlog: later SYNs are dropped
+    listener, fillers = listen_full()  # later SYNs are dropped
     try:
         port = listener.getsockname()[1]
         report = yield run_probe(ProbeOptions(WEBHOOK, timeout=1, connect_to=[ConnectTo(HOST, 443, "127.0.0.1", port)]))
     finally:
-        filler.close()
-        listener.close()
+        for sock in (*fillers, listener):
+            sock.close()
     assert_diagnosis(report, "connect-timeout")
 
 

@@ -21,6 +21,7 @@ from twisted.internet import defer, threads
 
 from tests.daemon import Daemon, twist_command
 from tests.http import call_form, post_form, request
+from tests.nginx import free_port, wait_listening
 from tests.tlsclient import handshake, trust_root
 from voicebridge import tls
 from voicebridge.twiliosim import CallScript, play_call
@@ -301,9 +302,7 @@ def test_a_socket_systemd_passes_is_shared_by_the_workers():
         if os.environ.get("CI") == "true":
             pytest.fail("systemd-socket-activate is missing, and CI=true requires it (apt-get install systemd)")
         pytest.skip("systemd-socket-activate is not installed (apt-get install systemd)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     daemon = Daemon(
         ["--workers", "2", "--listen", "systemd:domain=INET:index=0"],
         command=[
@@ -321,13 +320,7 @@ def test_a_socket_systemd_passes_is_shared_by_the_workers():
     )
     daemon.start(wait=False)
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
+        wait_listening(port, 30)
         listening = daemon.wait_for(lambda e: e.get("event_name") == "service.listening", 30)
         assert listening["addresses"] == f"systemd 127.0.0.1:{port}" and listening["workers"] == 2
         assert _served_concurrently(daemon, lambda: request(port, "GET", "/healthz")[0]) == {0, 1}
