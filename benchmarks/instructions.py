@@ -51,18 +51,12 @@ def _raw_server(reactor):
 
 
 def _voicebridge_server(reactor):
-    from voicebridge.admission import Admission
-    from voicebridge.calls import CallRegistry
-    from voicebridge.publicurl import PublicURLs, TrustedProxies
-    from voicebridge.tap import Options
-    from voicebridge.web import build_site
+    """The daemon's Site as ``twist voicebridge`` builds it (tap.makeService), on a port of the test's own."""
+    from voicebridge.tap import Options, makeService
 
     options = Options()
     options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1"])
-    settings = options.settings()
-    registry = CallRegistry(settings, reactor)
-    site = build_site(settings, registry, Admission(settings, registry), PublicURLs(None, TrustedProxies(())))
-    return reactor.listenTCP(0, site, interface="127.0.0.1")
+    return reactor.listenTCP(0, makeService(options, reactor).site, interface="127.0.0.1")
 
 
 def _exchange(reactor, client, data: bytes, expect: int) -> bytes:
