@@ -17,7 +17,7 @@ setup(
         "service-identity>=24.1",
         "pyOpenSSL>=24.3",
         "orjson>=3.9",
-        "websockets>=13",  # its C masker only (voicebridge/wsframes.py)
+        "websockets>=13",  # its C masker only (voicebridge/fastpath/frames.py)
         "prometheus_client>=0.20",
         'audioop-lts>=0.2; python_version>="3.13"',
     ],

@@ -293,12 +293,12 @@ def summarize_profile(path: Path, top: int = 25) -> str:
 # Where a sample's time went: the innermost frame that matches decides (see docs/benchmarks.md).
 SYSCALL_LEAVES = {"untilConcludes", "EPollReactor.doPoll", "_poll", "Connection.doRead", "write_now", "Connection.writeSomeData"}
 CATEGORIES = [
-    ("Twilio JSON and base64 (messages.py)", ("voicebridge/messages.py", "base64.py", "orjson")),
-    ("Call and handler (calls.py, handlers/)", ("voicebridge/calls.py", "voicebridge/handlers/")),
+    ("Twilio JSON and base64 (messages.py)", ("voicebridge/twilio/messages.py", "base64.py", "orjson")),
+    ("Call and handler (calls.py, handlers/)", ("voicebridge/call/call.py", "voicebridge/handlers/")),
     ("Autobahn debug-log formatting", ("autobahn/util.py", "click/", "txaio/")),
     ("Autobahn send path", ("sendMessage (autobahn", "sendFrame (autobahn", "sendData (autobahn")),
     ("Autobahn receive path", ("autobahn/",)),
-    ("fast path framing (wsfast.py, wsframes.py)", ("voicebridge/wsfast.py", "voicebridge/wsframes.py")),
+    ("fast path framing (wsfast.py, wsframes.py)", ("voicebridge/fastpath/wsfast.py", "voicebridge/fastpath/frames.py")),
     ("Twisted reactor and transport", ("twisted/",)),
 ]
 

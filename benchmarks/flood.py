@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests import hostile  # noqa: E402
 from tests.daemon import Daemon  # noqa: E402
-from voicebridge.signatures import SignatureChecker  # noqa: E402
+from voicebridge.twilio.signatures import SignatureChecker  # noqa: E402
 
 TOKEN = "benchmark-token-0123456789"
 PUBLIC = "https://voice.example.test"
@@ -52,7 +52,7 @@ def play(port: int, calls: int, seconds: float) -> list:
     """Play ``calls`` concurrent good calls; returns their outcomes."""
     from twisted.internet import defer, reactor
 
-    from voicebridge.twiliosim import CallScript, play_call
+    from voicebridge.tools.twiliosim import CallScript, play_call
 
     frames = int(seconds / 0.02)
     outcomes = []

@@ -21,10 +21,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from twisted.internet import task  # noqa: E402
 
 from voicebridge import handlers, messages  # noqa: E402
-from voicebridge.calls import CallRegistry  # noqa: E402
-from voicebridge.config import Settings  # noqa: E402
+from voicebridge.audio.recording import Recording  # noqa: E402
+from voicebridge.call.call import CallRegistry  # noqa: E402
+from voicebridge.config.file import Settings  # noqa: E402
 from voicebridge.handlers import Handler  # noqa: E402
-from voicebridge.recording import Recording  # noqa: E402
 
 SID, CALL, ACC = "MZ" + "1" * 32, "CA" + "2" * 32, "AC" + "3" * 32
 

@@ -41,7 +41,7 @@ VARIANTS = ("voicebridge", "voicebridge-dispatch", "raw", "raw-dispatch")
 def _raw_server(reactor):
     from twisted.internet import protocol
 
-    from voicebridge import leanloop
+    from voicebridge.fastpath import leanloop
 
     class Echo(protocol.Protocol):
         def dataReceived(self, data):
@@ -52,7 +52,7 @@ def _raw_server(reactor):
 
 def _voicebridge_server(reactor):
     """The daemon's Site as ``twist voicebridge`` builds it (tap.makeService), on a port of the test's own."""
-    from voicebridge.tap import Options, makeService
+    from voicebridge.daemon.tap import Options, makeService
 
     options = Options()
     options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1"])
@@ -74,7 +74,8 @@ def _exchange(reactor, client, data: bytes, expect: int) -> bytes:
 
 def open_stream(reactor, client) -> tuple[bytes, int]:
     """Upgrade ``client`` to a started Twilio stream on the daemon: (a masked media frame, its echo's length)."""
-    from voicebridge import messages, wsframes
+    from voicebridge.fastpath import frames as wsframes
+    from voicebridge.twilio import messages
 
     key = "dGhlIHNhbXBsZSBub25jZQ=="
     upgrade = (
@@ -105,7 +106,7 @@ def serve(variant: str):
     sys.path.insert(0, str(REPO))
     from twisted.internet.epollreactor import EPollReactor
 
-    from voicebridge import leanloop
+    from voicebridge.fastpath import leanloop
 
     if variant.endswith("-dispatch"):
         leanloop._SERVER = type("NoInlineRead", (), {})  # no transport is of this type: every event is dispatched

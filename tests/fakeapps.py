@@ -16,7 +16,7 @@ from autobahn.websocket.types import ConnectionDeny
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from voicebridge import messages
+from voicebridge.twilio import messages
 
 PARAMETERS = '<Parameter name="businessId" value="business-1"/><Parameter name="plan" value="pro"/>'
 

@@ -5,9 +5,9 @@ from contextlib import contextmanager
 from twisted.internet import task
 from twisted.logger import globalLogPublisher
 
-from voicebridge import messages
-from voicebridge.calls import CallRegistry
-from voicebridge.config import Config, Settings
+from voicebridge.call.call import CallRegistry
+from voicebridge.config.file import Config, Settings
+from voicebridge.twilio import messages
 
 
 class FakeLink:

@@ -1,6 +1,6 @@
 """A hostile client: raw sockets that send exactly the bytes a test wants, valid or not.
 
-The simulated Twilio (voicebridge.twiliosim) only speaks correct protocol; this speaks whatever
+The simulated Twilio (voicebridge.tools.twiliosim) only speaks correct protocol; this speaks whatever
 the test writes: half a request, a binary frame, invalid UTF-8, a message over the size limit,
 or nothing at all. It blocks, with a timeout on every read, so a test can say what came back.
 """

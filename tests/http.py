@@ -44,7 +44,7 @@ def upgrade_request(port: int, path: str = "/twilio-media", headers: dict | None
 
 def call_form(call_sid="CA" + "1" * 32, to="+15550100001", from_="+15557654321", **extra) -> list:
     """The fields Twilio posts for an inbound call: the probe's own form, with these numbers and fields."""
-    from voicebridge.probe import twilio_form
+    from voicebridge.tools.probe import twilio_form
 
     fields = [("Called", to), ("Caller", from_), ("From", from_), ("To", to), *extra.items()]
     return twilio_form(call_sid, "AC" + "2" * 32, fields)

@@ -6,7 +6,7 @@ import struct
 import pytest
 
 from tests.speech import reference_decode
-from voicebridge import audio
+from voicebridge.audio import codec as audio
 
 
 def samples(pcm: bytes) -> list[int]:

@@ -45,10 +45,10 @@ def test_cpu_is_read_for_a_whole_process_tree():
 def test_profiles_are_summarized_by_function_and_category(tmp_path):
     path = tmp_path / "p.txt"
     path.write_text(
-        "mainLoop (twisted/internet/base.py:1);_poll (voicebridge/leanloop.py:40) 30\n"
-        "mainLoop (twisted/internet/base.py:1);dataReceived (voicebridge/wsfast.py:60);"
-        "media_fields (voicebridge/messages.py:200) 50\n"
-        "mainLoop (twisted/internet/base.py:1);dataReceived (voicebridge/wsfast.py:61) 20\n"
+        "mainLoop (twisted/internet/base.py:1);_poll (voicebridge/fastpath/leanloop.py:40) 30\n"
+        "mainLoop (twisted/internet/base.py:1);dataReceived (voicebridge/fastpath/wsfast.py:60);"
+        "media_fields (voicebridge/twilio/messages.py:200) 50\n"
+        "mainLoop (twisted/internet/base.py:1);dataReceived (voicebridge/fastpath/wsfast.py:61) 20\n"
     )
     shares = dict(bench.categorize(path))
     assert shares == {
@@ -57,7 +57,7 @@ def test_profiles_are_summarized_by_function_and_category(tmp_path):
         "fast path framing (wsfast.py, wsframes.py)": 20.0,
     }
     text = bench.summarize_profile(path)
-    assert "100 samples" in text and "dataReceived (voicebridge/wsfast.py)" in text
+    assert "100 samples" in text and "dataReceived (voicebridge/fastpath/wsfast.py)" in text
 
 
 def test_the_instruction_counts_programs_echo_every_frame():

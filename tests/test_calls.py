@@ -3,9 +3,9 @@
 import pytest
 
 from tests.fakes import FakeLink, captured_log, new_call, registry
-from voicebridge import messages as m
-from voicebridge.config import parse_config
+from voicebridge.config.file import parse_config
 from voicebridge.handlers import Handler
+from voicebridge.twilio import messages as m
 
 SID, CALL, ACC = "MZ" + "1" * 32, "CA" + "2" * 32, "AC" + "3" * 32
 

@@ -1,6 +1,6 @@
 import pytest
 
-from voicebridge.config import ConfigError, NoTenant, load_config, parse_config
+from voicebridge.config.file import ConfigError, NoTenant, load_config, parse_config
 
 SAMPLE = """
 handler = "echo"

@@ -2,8 +2,8 @@
 
 from twisted.internet import task
 
-from voicebridge import twiml
-from voicebridge.connectaction import ConnectActions
+from voicebridge.twilio import twiml
+from voicebridge.web.connectaction import ConnectActions
 
 
 def test_a_wish_is_answered_once():

@@ -10,8 +10,8 @@ from twisted.internet import defer
 
 from tests.conftest import PUBLIC, TOKEN
 from tests.http import call_form, post_form, request, upgrade_request
-from voicebridge.signatures import SignatureChecker
-from voicebridge.twiliosim import CallScript, play_call
+from voicebridge.tools.twiliosim import CallScript, play_call
+from voicebridge.twilio.signatures import SignatureChecker
 
 SIGNER = SignatureChecker(TOKEN)
 STREAM_URL = "wss://voice.example.test/twilio-media"

@@ -24,8 +24,8 @@ from tests.daemon import REPO, Daemon, source_env, twist_command
 from tests.http import request
 from tests.nginx import free_port
 from tests.tlsclient import handshake
-from voicebridge.drain import Drain
-from voicebridge.tap import Options
+from voicebridge.daemon.drain import Drain
+from voicebridge.daemon.tap import Options
 
 DOCKERFILE = REPO / "Dockerfile"
 

@@ -7,10 +7,10 @@ import datetime
 import pytest
 
 from tests.daemon import REPO
-from voicebridge import diagnosis as dx
-from voicebridge import tlscheck
-from voicebridge.diagnosis import FAIL, OK, SKIP, WARN, HTTPAnswer, Step
-from voicebridge.probe import ConnectTo, UsageError, parse_connect_to, sibling_path
+from voicebridge.tls import inspect as tlscheck
+from voicebridge.tools import diagnosis as dx
+from voicebridge.tools.diagnosis import FAIL, OK, SKIP, WARN, HTTPAnswer, Step
+from voicebridge.tools.probe import ConnectTo, UsageError, parse_connect_to, sibling_path
 
 # TwiML, read as Twilio reads it.
 

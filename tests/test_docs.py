@@ -5,10 +5,11 @@ import re
 import pytest
 
 from tests.daemon import REPO
-from voicebridge import limits, tap
-from voicebridge.config import DEFAULT_HANDLER
+from voicebridge.config import limits
+from voicebridge.config.file import DEFAULT_HANDLER
+from voicebridge.daemon import tap
+from voicebridge.daemon.tap import Options
 from voicebridge.handlers import relay
-from voicebridge.tap import Options
 
 
 def readme() -> str:
@@ -106,9 +107,10 @@ def test_the_default_listen_is_documented():
     assert f"`tcp:{tap.DEFAULT_PORT}`" in options_rows()["listen"] and "`tcp:$PORT`" in options_rows()["listen"]
 
 
-def test_every_module_is_in_the_layout_table():
+def test_every_folder_and_top_level_module_is_in_the_layout_table():
     section = readme().split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
-    listed = set(re.findall(r"`(?:voicebridge/)?([\w/]+\.py)`", section)) | set(re.findall(r"`voicebridge/([\w/]+/)`", section))
-    modules = [p.relative_to(REPO / "voicebridge") for p in (REPO / "voicebridge").rglob("*.py")]
-    missing = [str(m) for m in modules if m.name not in listed and str(m) not in listed and f"{m.parent}/" not in listed]
-    assert missing == []
+    folders = set(re.findall(r"\| `voicebridge/([\w/]*)` \|", section))
+    top_modules = set(re.findall(r"`(\w+\.py)`", section.split("| `voicebridge/` |", 1)[1].split("\n", 1)[0]))
+    actual_folders = {f"{p.parent.relative_to(REPO / 'voicebridge')}/" for p in (REPO / "voicebridge").glob("*/__init__.py")}
+    assert actual_folders - {f + "/" if not f.endswith("/") else f for f in folders} == set()
+    assert {p.name for p in (REPO / "voicebridge").glob("*.py")} - top_modules == set()

@@ -14,10 +14,10 @@ from twisted.internet import defer, task, threads
 
 from tests.fakes import captured_log, new_call, registry
 from tests.http import call_form, post_form, request, upgrade_request
-from voicebridge.capacity import RESERVATION_SECONDS
-from voicebridge.drain import Drain
-from voicebridge.limits import Limits
-from voicebridge.twiliosim import CallScript, play_call
+from voicebridge.call.capacity import RESERVATION_SECONDS
+from voicebridge.config.limits import Limits
+from voicebridge.daemon.drain import Drain
+from voicebridge.tools.twiliosim import CallScript, play_call
 
 
 def _in_thread(f, *args, **kwargs):
@@ -139,7 +139,7 @@ def _advance(clock, seconds, step=0.1):
 
 
 def test_drain_waits_for_the_handler_to_finish_stopping():
-    from voicebridge import messages
+    from voicebridge.twilio import messages
 
     class SlowStop:
         stopping = defer.Deferred()
@@ -197,7 +197,7 @@ class SlowStop:
 
 
 def _started(reg, clock, call_sid="CA1", seconds=8.0):
-    from voicebridge import messages
+    from voicebridge.twilio import messages
 
     call, link = new_call(reg)
     call.text_received(messages.twilio_start("MZ1", call_sid, "AC1", {}, 1))
@@ -238,8 +238,8 @@ def test_a_call_that_never_finishes_is_abandoned_after_the_grace():
 
 
 def test_the_drain_takes_and_waits_for_the_stream_of_a_call_just_answered():
-    from voicebridge import messages
-    from voicebridge.admission import DRAINING, Admission
+    from voicebridge.twilio import messages
+    from voicebridge.web.admission import DRAINING, Admission
 
     drain, reg, clock = _drain()
     admission = Admission(reg.settings, reg)
@@ -261,7 +261,7 @@ def test_the_drain_takes_and_waits_for_the_stream_of_a_call_just_answered():
 
 def test_an_answered_call_whose_stream_never_comes_is_waited_for_a_while():
     """Twilio connects within moments of the answer: the drain waits answer_wait for it, not the whole reservation."""
-    from voicebridge.admission import DRAINING, Admission
+    from voicebridge.web.admission import DRAINING, Admission
 
     drain, reg, clock = _drain()
     admission = Admission(reg.settings, reg)
@@ -283,7 +283,7 @@ def test_the_reactors_own_signal_handlers_lead_to_the_drain_too(handler):
     the reactor's: it must start the same drain, and not mark the process to exit "killed by signal"."""
     from twisted.internet.selectreactor import SelectReactor
 
-    from voicebridge.signals import ProcessSignals
+    from voicebridge.daemon.signals import ProcessSignals
 
     reactor = SelectReactor()
     cuts = []

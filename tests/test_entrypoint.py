@@ -6,7 +6,7 @@ import textwrap
 import pytest_twisted
 
 from tests.daemon import REPO
-from voicebridge.twiliosim import CallScript, play_call
+from voicebridge.tools.twiliosim import CallScript, play_call
 
 HANDLER = '''
 from voicebridge.handlers import Handler

@@ -14,8 +14,8 @@ from twisted.internet import defer, threads
 from tests import hostile
 from tests.conftest import PUBLIC, TOKEN
 from tests.http import request
-from voicebridge.signatures import SignatureChecker
-from voicebridge.twiliosim import CallScript, play_call
+from voicebridge.tools.twiliosim import CallScript, play_call
+from voicebridge.twilio.signatures import SignatureChecker
 
 SIGNER = SignatureChecker(TOKEN)
 STREAM_URL = PUBLIC.replace("https://", "wss://") + "/twilio-media"

@@ -1,10 +1,10 @@
 """A call's bounds in time and memory, and the daemon's in calls: fake link, fake clock, no reactor."""
 
 from tests.fakes import FakeLink, new_call, registry
-from voicebridge import messages as m
-from voicebridge.capacity import RESERVATION_SECONDS
-from voicebridge.config import parse_config
-from voicebridge.limits import Limits
+from voicebridge.call.capacity import RESERVATION_SECONDS
+from voicebridge.config.file import parse_config
+from voicebridge.config.limits import Limits
+from voicebridge.twilio import messages as m
 
 SID, CALL, ACC = "MZ" + "1" * 32, "CA" + "2" * 32, "AC" + "3" * 32
 
@@ -186,7 +186,7 @@ def test_reservations_lapse():
 
 def test_without_a_limit_reservations_are_kept_but_bounded(monkeypatch):
     """A drain needs them (the streams of calls just answered), so they are kept; they lapse, and are capped."""
-    from voicebridge import capacity
+    from voicebridge.call import capacity
 
     reg, clock = registry()
     for i in range(1000):

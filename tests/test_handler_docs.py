@@ -8,9 +8,9 @@ import pytest
 from tests.daemon import REPO
 from tests.fakes import new_call, registry
 from voicebridge import handlers
-from voicebridge import messages as m
-from voicebridge.calls import resolve_handlers
-from voicebridge.config import Settings, parse_config
+from voicebridge.call.call import resolve_handlers
+from voicebridge.config.file import Settings, parse_config
+from voicebridge.twilio import messages as m
 
 SID, CALL, ACC = "MZ" + "1" * 32, "CA" + "2" * 32, "AC" + "3" * 32
 DOC = (REPO / "docs" / "handlers.md").read_text()

@@ -10,10 +10,10 @@ from zope.interface import implementer
 
 from tests.fakes import new_call, registry
 from voicebridge import handlers
-from voicebridge import messages as m
-from voicebridge.calls import resolve_handlers
-from voicebridge.config import Settings, parse_config
+from voicebridge.call.call import resolve_handlers
+from voicebridge.config.file import Settings, parse_config
 from voicebridge.handlers import Handler, UnknownHandler
+from voicebridge.twilio import messages as m
 
 SID, CALL, ACC = "MZ" + "1" * 32, "CA" + "2" * 32, "AC" + "3" * 32
 
@@ -315,8 +315,8 @@ class ThreadedClock(task.Clock):
 def test_a_call_ending_inside_a_send_leaves_the_finishing_recording_alone(tmp_path):
     """A slow reader ends the call inside echo's send: the recording is finishing in a thread, and must
     hear nothing more from the reactor (the send that ended the call included)."""
-    from voicebridge.calls import CallRegistry
-    from voicebridge.limits import Limits
+    from voicebridge.call.call import CallRegistry
+    from voicebridge.config.limits import Limits
 
     clock = ThreadedClock()
     reg = CallRegistry(
@@ -351,8 +351,8 @@ def test_a_call_ending_inside_a_send_leaves_the_finishing_recording_alone(tmp_pa
 
 def test_handlers_are_resolved_once_at_start_up(monkeypatch, tmp_path):
     """Options resolve and check every handler; the registry (and check-config) use that, not a second pass."""
-    from voicebridge.calls import CallRegistry
-    from voicebridge.tap import Options
+    from voicebridge.call.call import CallRegistry
+    from voicebridge.daemon.tap import Options
 
     loads = []
     real_load = handlers.load

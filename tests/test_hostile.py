@@ -1,7 +1,7 @@
 """Hostile input against a real ``twist voicebridge``: every case gets a precise answer, and a good call still works.
 
 Each test sends one kind of abuse from a raw socket (tests/hostile.py), checks the answer on the
-wire and in the log, then plays a good signed call (voicebridge.twiliosim) that must be echoed
+wire and in the log, then plays a good signed call (voicebridge.tools.twiliosim) that must be echoed
 frame for frame, and checks that /healthz still answers 200. The daemons are shared per module,
 so the cases also pile up on one process, as they would in production.
 """
@@ -21,9 +21,9 @@ from tests.daemon import Daemon
 from tests.http import call_form, post_form, request, upgrade_request
 from tests.nginx import free_port
 from tests.tlsclient import trust_root
-from voicebridge import messages as m
-from voicebridge.signatures import SignatureChecker
-from voicebridge.twiliosim import CallScript, play_call
+from voicebridge.tools.twiliosim import CallScript, play_call
+from voicebridge.twilio import messages as m
+from voicebridge.twilio.signatures import SignatureChecker
 
 SIGNER = SignatureChecker(TOKEN)
 STREAM_URL = PUBLIC.replace("https://", "wss://") + "/twilio-media"

@@ -1,4 +1,4 @@
-"""voicebridge/leanloop.py: the lean poll step dispatches like Twisted's, and write_now keeps Twisted's order."""
+"""voicebridge/fastpath/leanloop.py: the lean poll step dispatches like Twisted's, and write_now keeps Twisted's order."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from twisted.internet import defer, protocol, tcp
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.selectreactor import SelectReactor
 
-from voicebridge import leanloop
+from voicebridge.fastpath import leanloop
 
 
 class Reader:

@@ -17,8 +17,8 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 
 from tests.conftest import PUBLIC, TOKEN
 from tests.daemon import REPO, source_env
-from voicebridge import messages
-from voicebridge.loadtest import FRAME_BYTES, LoadOptions, LoadTest, frame_audio, signed_url, summary
+from voicebridge.tools.loadtest import FRAME_BYTES, LoadOptions, LoadTest, frame_audio, signed_url, summary
+from voicebridge.twilio import messages
 
 
 def loadtest(*args, env=None, timeout=120):
@@ -195,7 +195,7 @@ def test_signed_url_follows_the_daemons_public_url():
 
 
 def test_json_output_is_one_object():
-    from voicebridge.loadtest import LoadResult
+    from voicebridge.tools.loadtest import LoadResult
 
     result = LoadResult(url="ws://x/twilio-media", calls=1, duration=1.0)
     assert orjson.loads(orjson.dumps(result.as_dict()))["frames_lost"] == 0

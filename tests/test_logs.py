@@ -2,8 +2,8 @@ import pytest_twisted
 
 from tests.daemon import twist_command
 from tests.http import call_form, post_form
-from voicebridge.logs import mask_number, mask_parameters, printable
-from voicebridge.twiliosim import CallScript, play_call
+from voicebridge.observe.logs import mask_number, mask_parameters, printable
+from voicebridge.tools.twiliosim import CallScript, play_call
 
 
 def test_masks_numbers_keeping_country_code_and_last_digits():

@@ -5,7 +5,7 @@ import base64
 import orjson
 import pytest
 
-from voicebridge import messages as m
+from voicebridge.twilio import messages as m
 
 SID = "MZ" + "a" * 32
 

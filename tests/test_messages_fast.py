@@ -1,4 +1,4 @@
-"""The hot-path readers and writers in voicebridge/messages.py say exactly what the general ones say."""
+"""The hot-path readers and writers in voicebridge/twilio/messages.py say exactly what the general ones say."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from voicebridge import messages as m
+from voicebridge.twilio import messages as m
 
 SID = "MZ" + "a" * 32
 AUDIO = bytes(range(160))

@@ -19,8 +19,8 @@ from tests.daemon import REPO
 from tests.http import call_form, post_form, request, upgrade_request
 from tests.nginx import free_port
 from tests.tlsclient import trust_root
-from voicebridge.signatures import SignatureChecker
-from voicebridge.twiliosim import CallScript, play_call
+from voicebridge.tools.twiliosim import CallScript, play_call
+from voicebridge.twilio.signatures import SignatureChecker
 
 pytestmark = pytest.mark.nginx
 

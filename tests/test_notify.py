@@ -9,7 +9,7 @@ import socket
 import pytest
 
 from tests.http import request
-from voicebridge import notify
+from voicebridge.daemon import notify
 
 
 @pytest.fixture(params=["path", "abstract"])

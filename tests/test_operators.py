@@ -11,11 +11,11 @@ from tests import hostile
 from tests.conftest import PUBLIC, TOKEN
 from tests.fakes import new_call, registry
 from tests.http import call_form, post_form, request, upgrade_request
-from voicebridge import messages as m
-from voicebridge.callstats import CallTotals
-from voicebridge.limits import Limits
-from voicebridge.signatures import SignatureChecker
-from voicebridge.twiliosim import CallScript, play_call
+from voicebridge.call.stats import CallTotals
+from voicebridge.config.limits import Limits
+from voicebridge.tools.twiliosim import CallScript, play_call
+from voicebridge.twilio import messages as m
+from voicebridge.twilio.signatures import SignatureChecker
 
 SIGNER = SignatureChecker(TOKEN)
 STREAM_URL = "wss://voice.example.test/twilio-media"
@@ -150,9 +150,9 @@ def test_call_totals_keep_outcomes_drops_errors_and_durations():
 def test_readyz_answers_503_while_draining_and_healthz_stays_200():
     from twisted.internet import reactor
 
-    from voicebridge.admission import Admission
-    from voicebridge.publicurl import PublicURLs, TrustedProxies
-    from voicebridge.web import build_site
+    from voicebridge.web.admission import Admission
+    from voicebridge.web.publicurl import PublicURLs, TrustedProxies
+    from voicebridge.web.site import build_site
 
     reg, _ = registry()
     site = build_site(reg.settings, reg, Admission(reg.settings), PublicURLs(None, TrustedProxies()))

@@ -23,7 +23,7 @@ from tests.fakeapps import FakeApp
 from tests.mediaapp import listen_full
 from tests.nginx import Nginx, free_port
 from tests.pki import PKI
-from voicebridge.probe import ConnectTo, Probe, ProbeOptions
+from voicebridge.tools.probe import ConnectTo, Probe, ProbeOptions
 
 HOST = "voice.example.test"
 WEBHOOK = f"https://{HOST}/voice"

@@ -8,8 +8,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from tests.fakes import new_call, registry
-from voicebridge import messages as m
-from voicebridge.signatures import SignatureChecker, stream_candidates
+from voicebridge.twilio import messages as m
+from voicebridge.twilio.signatures import SignatureChecker, stream_candidates
 
 MESSAGE_TYPES = (m.Connected, m.Start, m.Media, m.Dtmf, m.Mark, m.Stop, m.Unknown)
 EVENTS = ["connected", "start", "media", "dtmf", "mark", "stop", "clear", "transcription", ""]

@@ -1,6 +1,6 @@
 import pytest
 
-from voicebridge.publicurl import PublicURLError, PublicURLs, RequestView, TrustedProxies, is_loopback, parse_public_url
+from voicebridge.web.publicurl import PublicURLError, PublicURLs, RequestView, TrustedProxies, is_loopback, parse_public_url
 
 
 def view(**kw):

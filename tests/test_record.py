@@ -11,7 +11,7 @@ import pytest_twisted
 from twisted.internet import defer, task
 
 from tests.speech import reference_decode, speech  # noqa: F401  (speech is a fixture)
-from voicebridge.twiliosim import CallScript, play_call
+from voicebridge.tools.twiliosim import CallScript, play_call
 
 FRAME = 160
 WAV_HEADER = 44

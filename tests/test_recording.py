@@ -8,8 +8,8 @@ import wave
 import pytest
 
 from tests.speech import reference_decode
-from voicebridge import recording
-from voicebridge.recording import Recording, safe_name
+from voicebridge.audio import recording
+from voicebridge.audio.recording import Recording, safe_name
 
 FRAME = 160
 

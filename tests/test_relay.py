@@ -12,8 +12,8 @@ from tests.http import call_form, post_form
 from tests.mediaapp import MediaApp, app_media, listen_full, listen_silent
 from tests.nginx import free_port
 from tests.speech import speech  # noqa: F401  (a fixture)
-from voicebridge.signatures import SignatureChecker
-from voicebridge.twiliosim import CallScript, play_call
+from voicebridge.tools.twiliosim import CallScript, play_call
+from voicebridge.twilio.signatures import SignatureChecker
 
 SIGNER = SignatureChecker(TOKEN)
 STREAM_URL = "wss://voice.example.test/twilio-media"
@@ -273,7 +273,7 @@ def test_a_relayed_call_can_be_recorded(start_daemon, apps, tmp_path, speech):  
     assert [m["name"] for m in meta["marksSent"]] == ["first"]
     with wave.open(saved["wav"]) as w:
         stereo = w.readframes(w.getnframes())
-    from voicebridge import audio
+    from voicebridge.audio import codec as audio
 
     second = audio.channel(stereo, 1)
     position = 0

@@ -1,6 +1,6 @@
 """Signatures as Twilio computes them; the reference values are Twilio's published example."""
 
-from voicebridge.signatures import SignatureChecker, stream_candidates
+from voicebridge.twilio.signatures import SignatureChecker, stream_candidates
 
 # From Twilio's "Webhooks security" documentation (token 12345, the documented URL and form).
 DOC_TOKEN = "12345"

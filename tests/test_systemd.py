@@ -21,8 +21,8 @@ import pytest
 from tests.daemon import REPO, Daemon, twist_command
 from tests.http import request
 from tests.nginx import free_port, wait_listening
-from voicebridge.drain import Drain
-from voicebridge.tap import Options
+from voicebridge.daemon.drain import Drain
+from voicebridge.daemon.tap import Options
 
 UNITS = {
     "tls": [REPO / "systemd" / "voicebridge.service"],

@@ -14,8 +14,8 @@ from twisted.internet import threads
 
 from tests.daemon import Daemon
 from tests.tlsclient import handshake, trust_root
-from voicebridge import tls
-from voicebridge.twiliosim import CallScript, play_call
+from voicebridge.tls import listen as tls
+from voicebridge.tools.twiliosim import CallScript, play_call
 
 # The description Twisted's parser understands, pinned: the private tokenizer is used in one place.
 

@@ -9,8 +9,8 @@ import pytest
 
 from tests.conftest import TOKEN
 from tests.daemon import REPO, Daemon, source_env
-from voicebridge.probe import ProbeOptions
-from voicebridge.signatures import SignatureChecker
+from voicebridge.tools.probe import ProbeOptions
+from voicebridge.twilio.signatures import SignatureChecker
 
 URL = "https://voice.example.test/voice"
 

@@ -2,7 +2,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from voicebridge import twiml
+from voicebridge.twilio import twiml
 
 
 def test_connect_stream_carries_parameters():

@@ -11,7 +11,7 @@ from tests import hostile
 from tests.conftest import PUBLIC, TOKEN
 from tests.http import call_form, post_form, request
 from tests.test_operators import scrape, value
-from voicebridge.signatures import SignatureChecker
+from voicebridge.twilio.signatures import SignatureChecker
 
 SIGNER = SignatureChecker(TOKEN)
 

@@ -23,8 +23,8 @@ from tests.daemon import Daemon, twist_command
 from tests.http import call_form, post_form, request
 from tests.nginx import free_port, wait_listening
 from tests.tlsclient import handshake, trust_root
-from voicebridge import tls
-from voicebridge.twiliosim import CallScript, play_call
+from voicebridge.tls import listen as tls
+from voicebridge.tools.twiliosim import CallScript, play_call
 
 CALLS = 20  # enough that both workers get some: all on one has odds of 2 in a million
 
@@ -261,7 +261,7 @@ def test_signed_calls_over_tls_and_sighup_reloads_every_worker(start_daemon, pki
     from twisted.internet import reactor
 
     from tests.conftest import PUBLIC, TOKEN
-    from voicebridge.signatures import SignatureChecker
+    from voicebridge.twilio.signatures import SignatureChecker
 
     live = tmp_path / "live"
     live.mkdir()

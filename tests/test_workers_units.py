@@ -9,16 +9,17 @@ from twisted.internet import task
 from twisted.python import usage
 
 from tests.fakes import new_call, registry
-from voicebridge import control, messages, sockets
-from voicebridge.config import Config, Tenant
-from voicebridge.metrics import by_worker, families_to_wire
-from voicebridge.peers import WorkerSpec, worker_spec
-from voicebridge.supervisor import worker_count
-from voicebridge.tap import Options
+from voicebridge.config.file import Config, Tenant
+from voicebridge.daemon.tap import Options
+from voicebridge.observe.metrics import by_worker, families_to_wire
+from voicebridge.twilio import messages
+from voicebridge.workers import control, sockets
+from voicebridge.workers.peers import WorkerSpec, worker_spec
+from voicebridge.workers.supervisor import worker_count
 
 
 def test_twists_log_level_reaches_the_workers():
-    from voicebridge.supervisor import twist_log_level
+    from voicebridge.workers.supervisor import twist_log_level
 
     assert twist_log_level(["twist", "--log-level=debug", "voicebridge", "--workers", "2"]) == ["--log-level=debug"]
     assert twist_log_level(["twist", "--log-level", "warn", "voicebridge"]) == ["--log-level", "warn"]
@@ -143,7 +144,7 @@ def test_a_registry_goes_over_the_wire_and_back():
     from prometheus_client import CollectorRegistry, Counter, Gauge
     from prometheus_client.exposition import generate_latest
 
-    from voicebridge.metrics import _Families
+    from voicebridge.observe.metrics import _Families
 
     reg = CollectorRegistry()
     Counter("frames", "f", ["direction"], registry=reg).labels("in").inc(5)
@@ -209,7 +210,7 @@ def shared_registry(max_calls=None, tenants=()):
 
 
 def _limits(max_calls):
-    from voicebridge.limits import Limits
+    from voicebridge.config.limits import Limits
 
     return Limits(max_calls=max_calls)
 
@@ -248,8 +249,8 @@ def test_a_claim_that_overtakes_its_reservation_leaves_no_phantom_slot():
 
 
 def test_a_worker_that_starts_late_hears_the_reservations_made_before_it():
-    from voicebridge.config import Settings
-    from voicebridge.supervisor import Supervisor, WorkerProcess
+    from voicebridge.config.file import Settings
+    from voicebridge.workers.supervisor import Supervisor, WorkerProcess
 
     clock = task.Clock()
     supervisor = Supervisor(Settings(listen=["tcp:0:interface=127.0.0.1"]), [], 2, clock, environ={})
@@ -278,7 +279,7 @@ def test_a_worker_that_starts_late_hears_the_reservations_made_before_it():
 
 def test_no_reservation_is_handed_over_with_less_than_no_time_left():
     """A real clock moves between two readings: one that lapses in between must not go out as -0.5 us."""
-    from voicebridge.capacity import Reservations
+    from voicebridge.call.capacity import Reservations
 
     class Creeping:
         t = 0.0
@@ -324,8 +325,8 @@ def test_a_single_process_tells_nobody():
 
 
 def test_census_changes_in_one_turn_make_one_message():
-    from voicebridge.metrics import Metrics
-    from voicebridge.peers import SupervisorLink
+    from voicebridge.observe.metrics import Metrics
+    from voicebridge.workers.peers import SupervisorLink
 
     clock = task.Clock()
     reg, _ = registry()
@@ -346,8 +347,8 @@ def test_census_changes_in_one_turn_make_one_message():
 
 def test_a_bad_message_from_a_worker_is_dropped_and_the_next_one_served():
     from tests.fakes import captured_log
-    from voicebridge.config import Settings
-    from voicebridge.supervisor import Supervisor, WorkerProcess
+    from voicebridge.config.file import Settings
+    from voicebridge.workers.supervisor import Supervisor, WorkerProcess
 
     clock = task.Clock()
     supervisor = Supervisor(Settings(listen=["tcp:0:interface=127.0.0.1"]), [], 2, clock, environ={})
@@ -373,7 +374,7 @@ def test_a_bad_message_from_a_worker_is_dropped_and_the_next_one_served():
 
 
 def test_a_worker_done_draining_takes_no_stream_while_it_waits_for_the_others():
-    from voicebridge.admission import DRAINING, Admission
+    from voicebridge.web.admission import DRAINING, Admission
 
     reg, _ = registry()
     admission = Admission(reg.settings, reg)

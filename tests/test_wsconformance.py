@@ -23,8 +23,8 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from voicebridge import wsframes
-from voicebridge.wsfast import FastTextFrames
+from voicebridge.fastpath import frames as wsframes
+from voicebridge.fastpath.wsfast import FastTextFrames
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 HANDSHAKE = (

@@ -33,6 +33,6 @@ def handshake(port: int, cafile, hostname: str = "voice.example.test", version: 
 
 def trust_root(pki):
     """The test root as a Twisted trust root, for ``twiliosim.play_call``: read as the relay reads ``--relay-ca``."""
-    from voicebridge.wsclient import load_trust_root
+    from voicebridge.net.wsclient import load_trust_root
 
     return load_trust_root(str(pki.root_pem))

@@ -13,10 +13,10 @@ from importlib import import_module
 from voicebridge import __version__
 
 SUBCOMMANDS = {
-    "sign": ("voicebridge.sign", "print the X-Twilio-Signature Twilio would send for a URL and form"),
-    "probe": ("voicebridge.probe", "play Twilio against a deployment and name the layer that fails"),
-    "check-config": ("voicebridge.checkconfig", "validate a config file and print where each number's calls go"),
-    "loadtest": ("voicebridge.loadtest", "simulate N Twilio calls against a stream URL and measure echo round trips"),
+    "sign": ("voicebridge.tools.sign", "print the X-Twilio-Signature Twilio would send for a URL and form"),
+    "probe": ("voicebridge.tools.probe", "play Twilio against a deployment and name the layer that fails"),
+    "check-config": ("voicebridge.tools.checkconfig", "validate a config file and print where each number's calls go"),
+    "loadtest": ("voicebridge.tools.loadtest", "simulate N Twilio calls against a stream URL and measure echo round trips"),
 }
 
 

@@ -2,7 +2,7 @@ from twisted.application.service import ServiceMaker
 
 voicebridge = ServiceMaker(
     "voicebridge",
-    "voicebridge.tap",
+    "voicebridge.daemon.tap",
     "Twilio voice webhook and Media Streams bridge",
     "voicebridge",
 )

@@ -3,7 +3,7 @@
 On its own it only listens (the caller hears silence). With ``handler = NAME`` (``--record-handler``)
 it records another handler's call: ``echo``, ``relay``, a third-party one. That handler runs as
 if alone; the recorder hears what the call sends through ``Call.watch_outbound``. The format,
-the alignment of the two channels and the crash safety are described in ``voicebridge.recording``.
+the alignment of the two channels and the crash safety are described in ``voicebridge.audio.recording``.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from twisted.internet import defer, threads
 from twisted.internet.interfaces import IReactorThreads
 from twisted.logger import Logger
 
+from voicebridge.audio.recording import SAMPLES_PER_MS, Recording, safe_name
 from voicebridge.handlers import Handler
-from voicebridge.recording import SAMPLES_PER_MS, Recording, safe_name
 
 log = Logger(namespace="voicebridge.record")
 

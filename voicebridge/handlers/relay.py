@@ -37,12 +37,13 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from voicebridge import __version__, messages
-from voicebridge.calls import STARTED
+from voicebridge import __version__
+from voicebridge.call.call import STARTED
 from voicebridge.handlers import Handler
-from voicebridge.logs import printable, redact_url
-from voicebridge.signatures import SignatureChecker
-from voicebridge.wsclient import endpoint_for, load_trust_root
+from voicebridge.net.wsclient import endpoint_for, load_trust_root
+from voicebridge.observe.logs import printable, redact_url
+from voicebridge.twilio import messages
+from voicebridge.twilio.signatures import SignatureChecker
 
 log = Logger(namespace="voicebridge.relay")
 

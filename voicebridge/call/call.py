@@ -1,0 +1,612 @@
+"""Calls: one ``Call`` per media stream, and the registry of the calls this process carries.
+
+The WebSocket protocol only parses frames and hands them here; everything a call *means*
+(state, context, handler, counters, what gets logged) lives in these plain objects, which
+test with a fake link and a fake clock.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from voicebridge import handlers as handler_registry
+from voicebridge.call.capacity import Capacity
+from voicebridge.call.guards import CallGuards
+from voicebridge.call.stats import CallTotals
+from voicebridge.config.file import NoTenant
+from voicebridge.observe.logs import mask_parameters, printable
+from voicebridge.twilio import messages
+from voicebridge.web.connectaction import ConnectActions
+
+HANDSHAKE = "handshake"
+STARTED = "started"
+STOPPED = "stopped"
+
+# WebSocket close codes voicebridge uses.
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL_ERROR = 1011
+
+# How long the WebSocket close handshake may take (Autobahn's closeHandshakeTimeout for the streams).
+CLOSE_HANDSHAKE_TIMEOUT = 5.0
+
+# What Autobahn closes with when a peer breaks WebSocket itself, as protocol-error reasons.
+WEBSOCKET_FAILURES = {1002: "websocket-protocol", 1007: "invalid-utf8", 1009: "message-too-big"}
+
+log = Logger(namespace="voicebridge.call")
+
+
+class Call:
+    """One media stream from Twilio: handshake -> started -> stopped.
+
+    ``link`` is the transport side (the WebSocket protocol): ``send_text(bytes)`` and
+    ``close(code, reason)``.
+    """
+
+    def __init__(self, registry: CallRegistry, link, client: str, query: dict[str, str], conn: int):
+        self.registry = registry
+        self.link = link
+        self.client = client
+        self.conn = conn
+        self.query = query
+        self.state = HANDSHAKE
+        self.stream_sid: str | None = None
+        self.call_sid: str | None = None
+        self.account_sid: str | None = None
+        self.parameters: dict[str, str] = {}
+        self.tenant = None
+        self.handler = None
+        self.handler_name: str | None = None
+        clock = registry.clock
+        self.opened_at = clock.seconds()
+        self.start_received = False  # Twilio's start arrived (the call may still have been refused)
+        self.started_at: float | None = None  # ... and was accepted: the call is STARTED
+        self.ended_at: float | None = None
+        self.frames_in = self.frames_out = 0
+        self.bytes_in = self.bytes_out = 0
+        self.dtmf_in = self.marks_in = self.marks_out = 0
+        self.errors: Counter = Counter()
+        self.end_reason: str | None = None
+        self.close_code: int | None = None
+        self.finished = defer.Deferred()
+        self._stop_done: defer.Deferred | None = None
+        # The raw frame being dispatched, while it is dispatched: always before ``start`` (so
+        # ``connected`` and ``start`` are kept as received, in ``opening_frames``), and after it
+        # only for a handler with ``wants_frames`` (a relay forwards Twilio's frames byte for byte).
+        self.frame: bytes | None = None
+        self.opening_frames: list[bytes] = []
+        self.keeps_frames = False
+        self.guards = CallGuards(self, registry.limits, clock)
+        self._seconds = clock.seconds
+        self._dispatch = {
+            messages.Media: self._on_media,
+            messages.Connected: self._on_connected,
+            messages.Start: self._on_start,
+            messages.Dtmf: self._on_dtmf,
+            messages.Mark: self._on_mark,
+            messages.Stop: self._on_stop,
+            messages.Unknown: self._on_unknown,
+        }
+
+    # What log lines about this call carry.
+    @property
+    def ids(self) -> dict:
+        """The SID is the peer's text: escaped, so a newline in it cannot forge a log line."""
+        return {"callSid": printable(self.call_sid, 64), "conn": self.conn}
+
+    def __repr__(self):
+        return f"<Call conn={self.conn} callSid={self.call_sid} state={self.state}>"
+
+    # Events from the link.
+
+    def opened(self) -> None:
+        self.guards.opened()
+        log.info(
+            "stream handshake accepted conn={conn} client={client}",
+            event_name="handshake.accepted",
+            client=self.client,
+            **self.ids,
+        )
+        if self.query:
+            log.warn(
+                "stream url carried a query string {query}: Twilio refuses stream urls with one "
+                "(error 31920); its values are merged into the call's parameters, use <Parameter>s instead",
+                event_name="stream.query_string",
+                query=printable(str(sorted(self.query))),
+                **self.ids,
+            )
+
+    def text_received(self, data: bytes) -> None:
+        if self.state == STARTED and not self.keeps_frames:
+            # The hot path: this call's media frame in Twilio's shape. Everything else, and
+            # every mistake, goes the full way below.
+            fields = messages.media_fields(data)
+            if fields is not None and fields[0] == self.stream_sid:
+                self._media(fields[1], fields[2])
+                return
+        self.frame = data
+        try:
+            try:
+                message = messages.parse(data)
+            except messages.MessageError as e:
+                self.protocol_error(e.reason, e.detail)
+                return
+            self._dispatch[type(message)](message)
+        finally:
+            self.frame = None
+
+    def binary_received(self, size: int) -> None:
+        """Twilio sends only text frames (a binary frame is its warning 31950)."""
+        self.protocol_error("binary-frame", f"a binary frame of {size} bytes; Media Streams use text frames only")
+        self.end_reason = self.end_reason or "binary-frame"
+        self.link.close(CLOSE_UNSUPPORTED_DATA, "binary frames are not part of Media Streams")
+
+    def connection_lost(self, code: int | None, reason: str | None, failed: bool = False) -> None:
+        """``failed``: the WebSocket layer closed because the peer broke WebSocket itself (1002, 1007, 1009)."""
+        self.close_code = code
+        if failed and code in WEBSOCKET_FAILURES:
+            self.protocol_error(WEBSOCKET_FAILURES[code], printable(reason, 200))
+            self.end_reason = self.end_reason or WEBSOCKET_FAILURES[code]
+        if self.state != STOPPED:
+            self._end(self.end_reason or "closed")
+        self.ended_at = self.registry.clock.seconds()
+        self.registry.closed(self)
+        duration = self.ended_at - (self.started_at or self.opened_at)
+        log.info(
+            "call ended callSid={callSid} conn={conn} reason={reason} duration={duration:.1f}s "
+            "frames_in={frames_in} frames_out={frames_out} close_code={close_code} errors={error_summary}",
+            event_name="call.ended",
+            reason=self.end_reason,
+            duration=duration,
+            frames_in=self.frames_in,
+            frames_out=self.frames_out,
+            bytes_in=self.bytes_in,
+            bytes_out=self.bytes_out,
+            close_code=code,
+            close_reason=printable(reason),
+            error_summary=dict(self.errors) or "none",
+            **self.ids,
+        )
+        done = self._stop_done or defer.succeed(None)
+        done.addBoth(lambda _: self.finished.callback(self))
+
+    def protocol_error(self, reason: str, detail: str) -> None:
+        """Counted always, logged once per call and reason: a misbehaving peer cannot flood the log."""
+        self.errors[reason] += 1
+        if self.errors[reason] == 1:
+            log.warn(
+                "protocol error callSid={callSid} conn={conn} reason={reason}: {detail}",
+                event_name="call.protocol_error",
+                reason=reason,
+                detail=printable(detail, 200),
+                **self.ids,
+            )
+
+    # Messages from Twilio.
+
+    def _on_connected(self, message: messages.Connected) -> None:
+        if self.frame is not None and self.state == HANDSHAKE and not self.opening_frames:
+            self.opening_frames.append(self.frame)
+        log.debug(
+            "connected protocol={protocol} version={version}",
+            event_name="call.connected",
+            protocol=printable(message.protocol, 40),
+            version=printable(message.version, 40),
+            **self.ids,
+        )
+
+    def _on_start(self, message: messages.Start) -> None:
+        if self.state != HANDSHAKE:
+            self.protocol_error("duplicate-start", f"start for {message.stream_sid} while {self.state}")
+            return
+        self.stream_sid = message.stream_sid
+        self.call_sid = message.call_sid
+        self.account_sid = message.account_sid
+        self.parameters = {**self.query, **message.custom_parameters}
+        if self.frame is not None:
+            self.opening_frames.append(self.frame)
+        self.start_received = True
+        try:
+            tenant, handler_name, handler_cls, options = self.registry.route(self.parameters)
+        except NoTenant as e:
+            log.warn(
+                "call refused callSid={callSid}: {reason}",
+                event_name="call.no_tenant",
+                reason=e.describe(self.registry.show_numbers),
+                parameters=mask_parameters(self.parameters, self.registry.show_numbers),
+                **self.ids,
+            )
+            self._end("refused")  # frames still in flight are the ended call's, not protocol errors
+            self.link.close(CLOSE_POLICY, "no tenant for this call")
+            return
+        self.tenant = tenant
+        over = self.registry.capacity.admit_start(self.call_sid, tenant)
+        if over is not None:
+            self.exceeded("tenant-limit", over, event_name="call.over_limit")
+            return
+        self.state = STARTED
+        self.registry.census_changed()
+        self.started_at = self.registry.clock.seconds()
+        self.guards.started()
+        self.handler_name = handler_name
+        try:
+            self.handler = handler_cls(self, options)
+        except Exception:
+            self.handler = None
+            self.errors["handler-error"] += 1
+            log.failure(
+                "handler {handler} could not be created for callSid={callSid}; hanging up",
+                event_name="call.handler_error",
+                handler=handler_name,
+                method="__init__",
+                **self.ids,
+            )
+            self._end("error")  # ended before the frames in flight arrive: they are dropped quietly
+            self.link.close(CLOSE_INTERNAL_ERROR, "no handler for this call")
+            return
+        self.keeps_frames = bool(self.handler.wants_frames)
+        log.info(
+            "call started callSid={callSid} streamSid={streamSid} tenant={tenant} handler={handler} "
+            "tracks={tracks} format={media_format} parameters={parameters}",
+            event_name="call.started",
+            streamSid=printable(self.stream_sid, 64),
+            tenant=self.tenant.id if self.tenant else "-",
+            handler=self.handler_name,
+            tracks=printable(",".join(message.tracks), 80),
+            media_format=message.media_format,
+            parameters=mask_parameters(self.parameters, self.registry.show_numbers),
+            **self.ids,
+        )
+        self._handler("on_start", message)
+        self.opening_frames = []  # a handler that wants them took them in on_start
+
+    def _check_stream(self, message, event: str) -> bool:
+        if self.state == STOPPED and self.end_reason != "stop":
+            return False  # in flight when this side ended the call: expected, not the peer's fault
+        if self.state != STARTED:
+            self.protocol_error(
+                f"{event}-{'before-start' if self.state == HANDSHAKE else 'after-stop'}", f"{event} while {self.state}"
+            )
+            return False
+        if message.stream_sid != self.stream_sid:
+            self.protocol_error(
+                "foreign-stream-sid", f"{event} for streamSid {message.stream_sid!r:.40}, this stream is {self.stream_sid}"
+            )
+            return False
+        return True
+
+    def _on_media(self, message: messages.Media) -> None:
+        if self.state != STARTED or message.stream_sid != self.stream_sid:
+            self._check_stream(message, "media")
+            return
+        self._media(message.payload, message.timestamp)
+
+    def _media(self, audio: bytes, timestamp: int) -> None:
+        self.frames_in += 1
+        self.bytes_in += len(audio)
+        self.guards.last_media = self._seconds()
+        try:
+            self.handler.on_media(audio, timestamp)
+        except Exception:
+            self._handler_failed("on_media")
+
+    def _on_dtmf(self, message: messages.Dtmf) -> None:
+        if self._check_stream(message, "dtmf"):
+            self.dtmf_in += 1
+            log.info(
+                "dtmf callSid={callSid} digit={digit}", event_name="call.dtmf", digit=printable(message.digit, 4), **self.ids
+            )
+            self._handler("on_dtmf", message.digit)
+
+    def _on_mark(self, message: messages.Mark) -> None:
+        if self._check_stream(message, "mark"):
+            self.marks_in += 1
+            self._handler("on_mark", message.name)
+
+    def _on_stop(self, message: messages.Stop) -> None:
+        if self._check_stream(message, "stop"):
+            self._end("stop")
+            self._stop_done.addBoth(lambda _: self.link.close(CLOSE_NORMAL, "stream stopped"))
+
+    def _on_unknown(self, message: messages.Unknown) -> None:
+        # Twilio adds events over time: note it, ignore it.
+        self.protocol_error("unknown-event", f"event {message.event!r} is not known to this version; ignored")
+
+    # What handlers call.
+
+    def send_audio(self, audio: bytes) -> None:
+        if self.state != STARTED:
+            return
+        self.frames_out += 1
+        self.bytes_out += len(audio)
+        self._send(messages.media(self.stream_sid, audio))
+
+    def send_mark(self, name: str) -> None:
+        if self.state == STARTED:
+            self.marks_out += 1
+            self._send(messages.mark(self.stream_sid, name))
+
+    def clear(self) -> None:
+        if self.state == STARTED:
+            self._send(messages.clear(self.stream_sid))
+
+    def forward(self, message, data: bytes) -> None:
+        """Send Twilio a frame an application built, byte for byte (a relay does); ``message`` is
+        ``messages.parse_outbound(data)``, for the counters. The caller checks the streamSid."""
+        if self.state != STARTED:
+            return
+        kind = type(message)
+        if kind is messages.Media:
+            self.frames_out += 1
+            self.bytes_out += len(message.payload)
+        elif kind is messages.Mark:
+            self.marks_out += 1
+        self._send(data)
+
+    def watch_outbound(self, watcher) -> None:
+        """Let ``watcher`` hear what this call sends Twilio: ``sent_audio(audio)``, ``sent_mark(name)``, ``sent_clear()``.
+
+        A recorder uses it. The watching variants replace the plain methods on this call only, so
+        calls nobody watches pay nothing on their hot path.
+        """
+        self._watchers = (*self.__dict__.get("_watchers", ()), watcher)
+        self.send_audio = self._send_audio_watched
+        self.send_mark = self._send_mark_watched
+        self.clear = self._clear_watched
+        self.forward = self._forward_watched
+
+    # Each checks the state again after sending: the send may have ended the call (a slow reader),
+    # and a watcher must not hear what was never sent once it began stopping.
+
+    def _send_audio_watched(self, audio: bytes) -> None:
+        if self.state == STARTED:
+            Call.send_audio(self, audio)
+            if self.state != STARTED:
+                return
+            for watcher in self._watchers:
+                watcher.sent_audio(audio)
+
+    def _send_mark_watched(self, name: str) -> None:
+        if self.state == STARTED:
+            Call.send_mark(self, name)
+            if self.state != STARTED:
+                return
+            for watcher in self._watchers:
+                watcher.sent_mark(name)
+
+    def _clear_watched(self) -> None:
+        if self.state == STARTED:
+            Call.clear(self)
+            if self.state != STARTED:
+                return
+            for watcher in self._watchers:
+                watcher.sent_clear()
+
+    def _forward_watched(self, message, data: bytes) -> None:
+        if self.state == STARTED:
+            Call.forward(self, message, data)
+            if self.state != STARTED:
+                return
+            kind = type(message)
+            for watcher in self._watchers:
+                if kind is messages.Media:
+                    watcher.sent_audio(message.payload)
+                elif kind is messages.Mark:
+                    watcher.sent_mark(message.name)
+                elif kind is messages.Clear:
+                    watcher.sent_clear()
+
+    def hangup(self, reason: str = "hangup", code: int = CLOSE_NORMAL) -> None:
+        """End the call: closing the stream makes Twilio leave <Connect> and, with nothing after it, hang up."""
+        if self.end_reason is None:
+            self.end_reason = reason
+        self.link.close(code, reason)
+
+    def exceeded(self, reason: str, detail: str, event_name: str = "call.timeout") -> None:
+        """A bound was crossed (a timeout, the send buffer, a tenant's limit): end the call now, close with 1008."""
+        if self.state == STOPPED:
+            return
+        log.warn(
+            "closing callSid={callSid} conn={conn} reason={reason}: {detail}",
+            event_name=event_name,
+            reason=reason,
+            detail=detail,
+            **self.ids,
+        )
+        self._end(reason)
+        self.link.close(CLOSE_POLICY, f"{reason}: {detail}")
+
+    # Internals.
+
+    def _send(self, data: bytes) -> None:
+        if self.guards.paused and not self.guards.queue(len(data)):
+            return
+        self.link.send_text(data)
+
+    def _end(self, reason: str) -> None:
+        self.guards.ended()
+        if self.end_reason is None:
+            self.end_reason = reason
+        was_started = self.state == STARTED
+        self.state = STOPPED
+        self.registry.census_changed()
+        if was_started and self.handler is not None:
+            self._stop_done = defer.maybeDeferred(self.handler.on_stop, self.end_reason)
+            self._stop_done.addErrback(
+                lambda f: log.failure(
+                    "handler {handler} failed to stop callSid={callSid}",
+                    f,
+                    event_name="call.handler_error",
+                    handler=self.handler_name,
+                    method="on_stop",
+                    **self.ids,
+                )
+            )
+        else:
+            self._stop_done = defer.succeed(None)
+
+    def _handler(self, method: str, *args) -> None:
+        try:
+            getattr(self.handler, method)(*args)
+        except Exception:
+            self._handler_failed(method)
+
+    def _handler_failed(self, method: str) -> None:
+        self.errors["handler-error"] += 1
+        log.failure(
+            "handler {handler}.{method} failed callSid={callSid}; hanging up",
+            event_name="call.handler_error",
+            handler=self.handler_name,
+            method=method,
+            **self.ids,
+        )
+        if self.end_reason is None:
+            self.end_reason = "error"
+        self.link.close(CLOSE_INTERNAL_ERROR, "handler error")
+
+
+def resolve_handlers(settings) -> dict:
+    """Load and check every handler the configuration names, so a mistake stops start-up, not a call.
+
+    Returns {tenant id or None: (handler name, class, options)}; raises ValueError or UnknownHandler.
+    Options merge, later winning: the config's [handlers.NAME], flags, the tenant's handler_options.
+    """
+    config = settings.config
+    for name in config.handlers:
+        try:
+            handler_registry.load(name)
+        except handler_registry.UnknownHandler as e:
+            raise handler_registry.UnknownHandler(f"[handlers.{name}]: {e}") from None
+    tenants = [None, *config.tenants.values()]
+    if config.default_tenant is not None:
+        tenants.append(config.default_tenant)
+    resolved = {}
+    for tenant in tenants:
+        name = (tenant.handler if tenant is not None else None) or settings.handler
+        tenant_options = tenant.handler_options if tenant is not None else {}
+        resolved[tenant.id if tenant is not None else None] = _resolve_handler(settings, tenant, name, tenant_options, ())
+    return resolved
+
+
+def _resolve_handler(settings, tenant, name: str, tenant_options: dict, outer: tuple) -> tuple:
+    """One handler's (name, class, options); a handler it wraps is resolved too, into options["inner"].
+
+    A tenant's handler_options are for its handler; options for a handler that one wraps go in a
+    table named after it (``[tenants.b1.handler_options.relay]`` under ``handler = "record"``).
+    """
+    where = f"tenant {tenant.id}" if tenant is not None else "calls without a tenant"
+    if name in outer:
+        raise ValueError(f"handler {name!r} for {where} wraps itself ({' -> '.join((*outer, name))})")
+    cls = handler_registry.load(name)
+    known = handler_registry.available()
+    nested = {k: v for k, v in tenant_options.items() if isinstance(v, dict) and k in known}
+    options = {
+        **settings.config.handlers.get(name, {}),
+        **settings.handler_options.get(name, {}),
+        **{k: v for k, v in tenant_options.items() if k not in nested},
+    }
+    try:
+        options = cls.check_options(options)
+    except ValueError as e:
+        raise ValueError(f"handler {name!r} for {where}: {e}") from None
+    inner = cls.inner_handler(options)
+    for table in nested:
+        if table != inner:
+            raise ValueError(f"{where}: handler_options.{table}: the handler {name!r} does not hand calls to {table!r}")
+    if inner:
+        options = {**options, "inner": _resolve_handler(settings, tenant, inner, nested.get(inner, {}), (*outer, name))}
+    return name, cls, options
+
+
+def handlers_in_use(resolved: dict) -> set[str]:
+    """Every handler name some call can reach, wrapped ones included."""
+    names = set()
+    for entry in resolved.values():
+        while entry:
+            names.add(entry[0])
+            entry = entry[2].get("inner")
+    return names
+
+
+class CallRegistry:
+    """The calls this process carries, and how a call finds its tenant and handler."""
+
+    def __init__(self, settings, clock):
+        self.settings = settings
+        self.clock = clock
+        self.config = settings.config
+        self.show_numbers = settings.show_numbers
+        self.calls: set[Call] = set()
+        self.draining = False
+        self.drained = False  # a worker whose drain is over, waiting for the others: no stream is taken
+        self.totals = CallTotals()  # ended calls, for /metrics
+        self._conns = itertools.count(1)
+        self._handlers = settings.handlers if settings.handlers is not None else resolve_handlers(settings)
+        self.connect_actions = ConnectActions(clock)
+        self.limits = settings.limits
+        self.capacity = Capacity(self.limits.max_calls, clock, self)
+        self.on_census = None  # under --workers: tells the other workers when census() changes
+
+    def route(self, parameters: dict) -> tuple:
+        """(tenant, handler name, handler class, options) for a call with these parameters; raises NoTenant."""
+        tenant = self.config.tenant_for(parameters.get("businessId"), parameters.get("to"))
+        name, cls, options = self._handlers[tenant.id if tenant is not None else None]
+        return tenant, name, cls, options
+
+    def wants_connect_action(self, tenant) -> bool:
+        """Whether the webhook should give this tenant's calls ``<Connect action>`` (see Handler.uses_connect_action)."""
+        name, cls, options = self._handlers[tenant.id if tenant is not None else None]
+        return cls.uses_connect_action(options)
+
+    def new_call(self, link, client: str, query: dict[str, str]) -> Call:
+        call = Call(self, link, client, query, next(self._conns))
+        self.calls.add(call)
+        self.census_changed()
+        return call
+
+    def closed(self, call: Call) -> None:
+        self.calls.discard(call)
+        self.totals.ended(call)
+        self.census_changed()
+
+    def census_changed(self) -> None:
+        if self.on_census is not None:
+            self.on_census()
+
+    def handshake_refused(self, reason: str) -> None:
+        self.totals.refused(reason)
+
+    def webhook_refused(self, endpoint: str, reason: str) -> None:
+        self.totals.webhook_refused(endpoint, reason)
+
+    @property
+    def active(self) -> int:
+        return len(self.calls)
+
+    def census(self) -> tuple[int, int]:
+        """(started, in handshake): the calls that hold a slot."""
+        started = handshaking = 0
+        for call in self.calls:
+            if call.state == STARTED:
+                started += 1
+            elif call.state == HANDSHAKE:
+                handshaking += 1
+        return started, handshaking
+
+    def started_for(self, tenant_id: str) -> int:
+        return self.started_by_tenant().get(tenant_id, 0)
+
+    def started_by_tenant(self) -> dict[str, int]:
+        """Started calls per tenant id (calls without a tenant are not counted against any)."""
+        counts: dict[str, int] = {}
+        for call in self.calls:
+            if call.state == STARTED and call.tenant is not None:
+                counts[call.tenant.id] = counts.get(call.tenant.id, 0) + 1
+        return counts

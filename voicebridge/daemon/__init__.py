@@ -1,0 +1,1 @@
+"""The running daemon: options, the service tree, signals, the drain and systemd's readiness protocol."""

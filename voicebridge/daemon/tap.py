@@ -1,0 +1,216 @@
+"""``twist voicebridge`` / ``twistd voicebridge``: the options and the service tree."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from twisted.python import usage
+
+from voicebridge import handlers
+from voicebridge.call.call import handlers_in_use, resolve_handlers
+from voicebridge.config import limits
+from voicebridge.config.file import DEFAULT_HANDLER, Config, ConfigError, Settings, load_config, read_auth_token
+from voicebridge.tls import listen as tls
+from voicebridge.web.publicurl import PublicURLError, PublicURLs, TrustedProxies, parse_public_url
+
+DEFAULT_PORT = 8080
+
+
+def default_listen(environ=os.environ) -> str:
+    """Platforms (Fly.io, Render, Railway, Heroku) say which port to bind in PORT."""
+    port = environ.get("PORT", "").strip()
+    if port:
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise usage.UsageError(f"PORT={port!r} is not a TCP port number")
+        return f"tcp:{port}"
+    return f"tcp:{DEFAULT_PORT}"
+
+
+# flag -> (handler, option): the same settings as the config file's [handlers.NAME] tables.
+HANDLER_FLAGS = {
+    "record-dir": ("record", "dir"),
+    "record-handler": ("record", "handler"),
+    "relay-url": ("relay", "url"),
+    "relay-fallback": ("relay", "fallback"),
+    "relay-message": ("relay", "message"),
+    "relay-connect-timeout": ("relay", "connect_timeout"),
+    "relay-handshake-timeout": ("relay", "handshake_timeout"),
+    "relay-ca": ("relay", "ca_file"),
+}
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Serve Twilio's voice webhook (POST /voice) and Media Streams WebSocket (/twilio-media) on one port. "
+        "The Twilio auth token comes from TWILIO_AUTH_TOKEN or --auth-token-file; without one, development "
+        "mode serves loopback clients only."
+    )
+
+    optParameters = [
+        ["public-url", None, None, "Public base URL Twilio uses, e.g. https://voice.example.com (stream url and signatures)."],
+        ["config", "c", None, "TOML file with tenants and handler settings."],
+        ["handler", None, None, f"Handler for calls whose tenant names none (default: {DEFAULT_HANDLER})."],
+        ["auth-token-file", None, None, "File holding the Twilio auth token (else TWILIO_AUTH_TOKEN)."],
+        ["workers", None, None, "Processes serving the same ports, N or auto (one per core); default: this process alone."],
+        *limits.opt_parameters(),
+        # Handler settings: each flag is one option of one handler (HANDLER_FLAGS), as in [handlers.NAME].
+        ["record-dir", None, None, "record: directory for each call's WAV and JSON files."],
+        ["record-handler", None, None, "record: the handler whose calls are recorded, e.g. echo or relay (default: none)."],
+        ["relay-url", None, None, "relay: ws(s):// URL of the Media Streams application calls are relayed to."],
+        ["relay-fallback", None, None, "relay: when the application fails, 'hangup' or 'say' (--relay-message, then hang up)."],
+        ["relay-message", None, None, "relay: what Twilio says before hanging up when the application fails."],
+        ["relay-connect-timeout", None, None, "relay: seconds for the TCP connection to the application (default 5).", float],
+        ["relay-handshake-timeout", None, None, "relay: seconds for its TLS and WebSocket handshakes (default 5).", float],
+        ["relay-ca", None, None, "relay: PEM file of CA certificates trusted for wss:// (default: the system's)."],
+    ]
+    optFlags = [
+        ["show-numbers", None, "Log phone numbers in full (masked by default)."],
+    ]
+
+    def __init__(self):
+        super().__init__()
+        self["listen"] = []
+        self["trusted_proxies"] = []
+        self.argv: list[str] = []
+
+    def parseOptions(self, options=None):
+        self.argv = list(sys.argv[1:] if options is None else options)  # what --workers passes to each worker
+        super().parseOptions(options)
+
+    def opt_listen(self, endpoint):
+        """Endpoint to serve on, repeatable (default tcp:$PORT, else tcp:8080), e.g. tcp:8080:interface=127.0.0.1,
+        ssl:443:privateKey=key.pem:certKey=cert.pem, unix:/run/voicebridge.sock"""
+        self["listen"].append(endpoint)
+
+    def opt_trusted_proxy(self, spec):
+        """Address or CIDR of a proxy whose X-Forwarded-Proto/Host/For are believed, repeatable."""
+        self["trusted_proxies"].extend(s for s in spec.split(",") if s.strip())
+
+    def opt_auth_token(self, _value):
+        """Refused: the token is never a flag. Use TWILIO_AUTH_TOKEN or --auth-token-file."""
+        raise usage.UsageError(
+            "the auth token is never a command-line flag (it would show in ps and shell history): "
+            "use TWILIO_AUTH_TOKEN or --auth-token-file"
+        )
+
+    def postOptions(self):
+        if not self["listen"]:
+            self["listen"] = [default_listen()]
+        if self["public-url"]:
+            try:
+                parse_public_url(self["public-url"])
+            except PublicURLError as e:
+                raise usage.UsageError(str(e)) from None
+        try:
+            TrustedProxies(self["trusted_proxies"])
+        except PublicURLError as e:
+            raise usage.UsageError(str(e)) from None
+        try:
+            self["auth_token"] = read_auth_token(self["auth-token-file"])
+            self["config_obj"] = load_config(self["config"]) if self["config"] else Config()
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+        self["tls"] = {}
+        for description in self["listen"]:
+            if tls.is_ssl(description):
+                try:  # read and checked by OpenSSL once, here: unusable files stop start-up with the flag named
+                    self["tls"][description] = tls.build(description)
+                except tls.TLSConfigError as e:
+                    raise usage.UsageError(str(e)) from None
+        self["worker_count"] = None
+        if self["workers"] is not None:
+            from voicebridge.workers import sockets
+            from voicebridge.workers.supervisor import worker_count
+
+            try:
+                self["worker_count"] = worker_count(self["workers"])
+                for description in self["listen"]:
+                    sockets.parse_listen(description)
+            except ValueError as e:
+                raise usage.UsageError(str(e)) from None
+        self["limits"] = limits.from_options(self)
+        self["handler_name"] = self["handler"] or self["config_obj"].handler or DEFAULT_HANDLER
+        self["handlers"] = None
+        try:  # once, here: the daemon and check-config use what is resolved
+            self["handlers"] = resolved = resolve_handlers(self.settings())
+        except (ValueError, handlers.UnknownHandler) as e:
+            raise usage.UsageError(str(e)) from None
+        unused = set(self.handler_options()) - handlers_in_use(resolved)
+        if unused:
+            flags = ", ".join(
+                f"--{flag}" for flag, (name, _) in HANDLER_FLAGS.items() if name in unused and self[flag] is not None
+            )
+            raise usage.UsageError(
+                f"{flags}: no call uses the {', '.join(sorted(unused))} handler; add --handler NAME, or name it in the config"
+            )
+
+    def handler_options(self) -> dict:
+        options: dict = {}
+        for flag, (handler, key) in HANDLER_FLAGS.items():
+            if self[flag] is not None:
+                options.setdefault(handler, {})[key] = self[flag]
+        return options
+
+    def settings(self) -> Settings:
+        return Settings(
+            listen=list(self["listen"]),
+            public_url=self["public-url"],
+            trusted_proxies=tuple(self["trusted_proxies"]),
+            auth_token=self["auth_token"],
+            handler=self["handler_name"],
+            handler_options=self.handler_options(),
+            config=self["config_obj"],
+            show_numbers=bool(self["show-numbers"]),
+            limits=self["limits"],
+            tls=dict(self["tls"]),
+            handlers=self["handlers"],
+        )
+
+
+def makeService(options, reactor=None):
+    """One of three trees: the daemon on its own; under ``--workers``, the supervisor; or one of its workers."""
+    if reactor is None:
+        from twisted.internet import reactor
+    from voicebridge.call.call import CallRegistry
+    from voicebridge.daemon.service import AdoptedListenService, VoiceBridgeService
+    from voicebridge.daemon.signals import ProcessSignals
+    from voicebridge.fastpath import leanloop
+    from voicebridge.web.admission import Admission
+    from voicebridge.web.site import build_site
+    from voicebridge.workers.peers import SupervisorLink, worker_spec
+
+    settings = options.settings()
+    spec = worker_spec()
+    if spec is None and options["worker_count"]:
+        from voicebridge.workers.supervisor import Supervisor
+
+        supervisor = Supervisor(settings, options.argv, options["worker_count"], reactor)
+        ProcessSignals(reactor, supervisor.cut, supervisor.reload).setServiceParent(supervisor)
+        return supervisor
+
+    leanloop.install(reactor)  # a tenth of the CPU at load: see voicebridge/fastpath/leanloop.py
+    urls = PublicURLs(settings.public_url, TrustedProxies(settings.trusted_proxies))
+    registry = CallRegistry(settings, reactor)
+    admission = Admission(settings, registry)
+    site = build_site(settings, registry, admission, urls)
+    if spec is None:
+        service = VoiceBridgeService(settings, registry, site, admission, urls, reactor)
+        ProcessSignals(reactor, service.drain.cut, service.reload).setServiceParent(service)
+        return service
+
+    signals = ProcessSignals(reactor, lambda: service.drain.cut(), lambda: service.reload(), supervised=True)
+    link = SupervisorLink(
+        spec,
+        registry,
+        site.metrics,
+        reactor,
+        on_drain=lambda: signals.stop_requested("a drain from the supervisor"),
+        on_cut=signals.on_cut,
+        on_reload=signals.on_reload,
+    )
+    listeners = [AdoptedListenService(d, fd, site, reactor, settings.tls.get(d)) for d, fd in spec.listen]
+    service = VoiceBridgeService(settings, registry, site, admission, urls, reactor, listeners=listeners, link=link)
+    signals.setServiceParent(service)
+    return service

@@ -1,0 +1,1 @@
+"""Outbound connections voicebridge makes: WebSocket clients with verified TLS and bounded waits."""

@@ -1,0 +1,1 @@
+"""What the daemon tells operators: log conventions (masking, escaping) and ``/metrics``."""

@@ -1,0 +1,429 @@
+"""Twilio Media Streams messages: parsing what Twilio sends, building what either side sends.
+
+Pure functions and plain values, no I/O: the wire format is tested without a reactor, and the
+daemon, the probe, the load tester and the tests all share one description of it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import re
+from dataclasses import dataclass, field
+
+import orjson
+
+
+class MessageError(ValueError):
+    """A text frame that breaks the Media Streams protocol.
+
+    ``reason`` is a short stable code (used in logs and metrics); ``detail`` says what was wrong.
+    """
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    protocol: str
+    version: str
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    stream_sid: str
+    call_sid: str
+    account_sid: str
+    tracks: tuple[str, ...]
+    custom_parameters: dict[str, str]
+    media_format: dict
+    sequence_number: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Media:
+    stream_sid: str
+    payload: bytes
+    timestamp: int
+    track: str = "inbound"
+    chunk: int | None = None
+    sequence_number: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Dtmf:
+    stream_sid: str
+    digit: str
+    track: str = "inbound_track"
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    stream_sid: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    stream_sid: str
+    call_sid: str | None = None
+    account_sid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Clear:
+    """Sent by the application only: flush the audio Twilio has buffered."""
+
+    stream_sid: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    """An event this version does not know; Twilio adds events, so it is not an error."""
+
+    event: str
+    raw: dict = field(repr=False)
+
+
+def _text(obj: dict, key: str, where: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str) or not value:
+        raise MessageError("missing-field", f"{where}.{key} must be a non-empty string")
+    return value
+
+
+def _section(obj: dict, key: str) -> dict:
+    value = obj.get(key)
+    if not isinstance(value, dict):
+        raise MessageError("missing-field", f"{key} must be an object")
+    return value
+
+
+def _number(value, where: str, default=None) -> int | None:
+    """Twilio sends counters as decimal strings ("5"); accept integers too."""
+    if value is None:
+        return default
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18:
+        return int(value)
+    raise MessageError("bad-field", f"{where} must be a non-negative integer, got {value!r:.40}")
+
+
+# Twilio's SIDs are two letters and 32 hex digits; this admits any short token of letters and
+# digits, and nothing that could break a log line or a file name built from it.
+_SID = re.compile(r"[A-Za-z0-9]{1,64}")
+
+
+def _sid(value, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise MessageError("missing-field", f"{where} must be a non-empty string")
+    if not _SID.fullmatch(value):
+        raise MessageError("bad-field", f"{where} must be letters and digits (a Twilio SID), got {value!r:.40}")
+    return value
+
+
+def _stream_sid(obj: dict, event: str) -> str:
+    return _sid(obj.get("streamSid"), f"{event}.streamSid")
+
+
+def _parse_connected(obj):
+    return Connected(protocol=str(obj.get("protocol", "")), version=str(obj.get("version", "")))
+
+
+def _parse_start(obj):
+    start = _section(obj, "start")
+    sid = _sid(obj.get("streamSid") or start.get("streamSid"), "start.streamSid")
+    params = start.get("customParameters") or {}
+    if not isinstance(params, dict):
+        raise MessageError("bad-field", "start.customParameters must be an object")
+    tracks = start.get("tracks") or ["inbound"]
+    if not isinstance(tracks, list) or not all(isinstance(t, str) for t in tracks):
+        raise MessageError("bad-field", "start.tracks must be a list of strings")
+    media_format = start.get("mediaFormat") or {}
+    if not isinstance(media_format, dict):
+        raise MessageError("bad-field", "start.mediaFormat must be an object")
+    return Start(
+        stream_sid=sid,
+        call_sid=_sid(start.get("callSid"), "start.callSid"),
+        account_sid=_sid(start["accountSid"], "start.accountSid") if start.get("accountSid") else "",
+        tracks=tuple(tracks),
+        custom_parameters={str(k): str(v) for k, v in params.items()},
+        media_format=media_format,
+        sequence_number=_number(obj.get("sequenceNumber"), "sequenceNumber"),
+    )
+
+
+def _parse_media(obj):
+    media = _section(obj, "media")
+    payload = media.get("payload")
+    if not isinstance(payload, str):
+        raise MessageError("missing-field", "media.payload must be a string")
+    try:
+        audio = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise MessageError("bad-base64", f"media.payload is not base64 ({len(payload)} chars)") from None
+    return Media(
+        stream_sid=_stream_sid(obj, "media"),
+        payload=audio,
+        timestamp=_number(media.get("timestamp"), "media.timestamp", 0),
+        track=str(media.get("track") or "inbound"),
+        chunk=_number(media.get("chunk"), "media.chunk"),
+        sequence_number=_number(obj.get("sequenceNumber"), "sequenceNumber"),
+    )
+
+
+def _parse_dtmf(obj):
+    dtmf = _section(obj, "dtmf")
+    return Dtmf(
+        stream_sid=_stream_sid(obj, "dtmf"),
+        digit=_text(dtmf, "digit", "dtmf"),
+        track=str(dtmf.get("track") or "inbound_track"),
+    )
+
+
+def _parse_mark(obj):
+    mark = _section(obj, "mark")
+    name = mark.get("name")
+    if not isinstance(name, str):
+        raise MessageError("missing-field", "mark.name must be a string")
+    return Mark(stream_sid=_stream_sid(obj, "mark"), name=name)
+
+
+def _parse_stop(obj):
+    stop = obj.get("stop") if isinstance(obj.get("stop"), dict) else {}
+    return Stop(
+        stream_sid=_stream_sid(obj, "stop"),
+        call_sid=stop.get("callSid") if isinstance(stop.get("callSid"), str) else None,
+        account_sid=stop.get("accountSid") if isinstance(stop.get("accountSid"), str) else None,
+    )
+
+
+def media_fields(data: bytes | str) -> tuple[str, bytes, int] | None:
+    """(streamSid, audio, timestamp) of a ``media`` frame in Twilio's own shape, else None.
+
+    The receive hot path: no message object, no counters parsed that nobody reads. None is not
+    an error, only "not the common case": ``parse`` then gives the full answer. Whatever this
+    accepts, ``parse`` accepts with the same values (tests/test_messages.py checks both).
+    """
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    if type(obj) is not dict or obj.get("event") != "media":
+        return None
+    media = obj.get("media")
+    sid = obj.get("streamSid")
+    if type(media) is not dict or type(sid) is not str or not sid:
+        return None
+    payload = media.get("payload")
+    timestamp = media.get("timestamp")
+    if type(payload) is not str or type(timestamp) is not str:
+        return None
+    chunk = media.get("chunk")  # parse() refuses a frame with a bad counter: so does this
+    sequence = obj.get("sequenceNumber")
+    if type(chunk) is not str or type(sequence) is not str:
+        return None
+    digits = timestamp + chunk + sequence
+    if not (
+        digits.isdigit() and digits.isascii() and 0 < len(timestamp) <= 18 and 0 < len(chunk) <= 18 and 0 < len(sequence) <= 18
+    ):
+        return None
+    try:
+        audio = binascii.a2b_base64(payload, strict_mode=True)
+    except ValueError:
+        return None
+    return sid, audio, int(timestamp)
+
+
+_PARSERS = {
+    "connected": _parse_connected,
+    "start": _parse_start,
+    "media": _parse_media,
+    "dtmf": _parse_dtmf,
+    "mark": _parse_mark,
+    "stop": _parse_stop,
+}
+
+
+def parse(data: bytes | str):
+    """Parse one text frame from Twilio into a message value, or raise MessageError."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise MessageError("invalid-json", str(e)[:120]) from None
+    if not isinstance(obj, dict):
+        raise MessageError("not-object", f"expected a JSON object, got {type(obj).__name__}")
+    event = obj.get("event")
+    if not isinstance(event, str) or not event:
+        raise MessageError("missing-event", "the object has no string 'event'")
+    parser = _PARSERS.get(event)
+    if parser is None:
+        return Unknown(event=event[:64], raw=obj)
+    return parser(obj)
+
+
+# What the application sends to Twilio.
+
+
+def media(stream_sid: str, audio: bytes) -> bytes:
+    """A ``media`` message carrying raw mu-law audio (base64-encoded here).
+
+    Byte for byte ``orjson.dumps({"event": "media", "streamSid": .., "media": {"payload": ..}})``,
+    assembled from a per-stream head: this runs for every frame sent.
+    """
+    return _media_head(stream_sid) + binascii.b2a_base64(audio, newline=False) + b'"}}'
+
+
+@functools.lru_cache(maxsize=8192)
+def _media_head(stream_sid: str) -> bytes:
+    return b'{"event":"media","streamSid":' + orjson.dumps(stream_sid) + b',"media":{"payload":"'
+
+
+def mark(stream_sid: str, name: str) -> bytes:
+    return orjson.dumps({"event": "mark", "streamSid": stream_sid, "mark": {"name": name}})
+
+
+def clear(stream_sid: str) -> bytes:
+    return orjson.dumps({"event": "clear", "streamSid": stream_sid})
+
+
+def parse_outbound(data: bytes | str):
+    """Parse what an application sent to Twilio (used by Twilio's side: probe, load tester, tests)."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise MessageError("invalid-json", str(e)[:120]) from None
+    if not isinstance(obj, dict):
+        raise MessageError("not-object", f"expected a JSON object, got {type(obj).__name__}")
+    event = obj.get("event")
+    if event == "media":
+        payload = _section(obj, "media").get("payload")
+        if not isinstance(payload, str):
+            raise MessageError("missing-field", "media.payload must be a string")
+        try:
+            audio = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            raise MessageError("bad-base64", "media.payload is not base64") from None
+        return Media(stream_sid=_stream_sid(obj, "media"), payload=audio, timestamp=0, track="outbound")
+    if event == "mark":
+        return _parse_mark(obj)
+    if event == "clear":
+        return Clear(stream_sid=_stream_sid(obj, "clear"))
+    if not isinstance(event, str) or not event:
+        raise MessageError("missing-event", "the object has no string 'event'")
+    return Unknown(event=event[:64], raw=obj)
+
+
+_MEDIA_HEAD = b'{"event":"media",'
+_PAYLOAD_KEY = b'"payload":"'
+
+
+def outbound_media_payload(data: bytes) -> bytes | None:
+    """The base64 payload of a compact ``media`` message an application sent, without parsing it.
+
+    For readers of many frames (the load tester). None when the message is not in the compact
+    form that orjson, ``JSON.stringify`` and ``media()`` write: then ``parse_outbound`` decides.
+    """
+    if not data.startswith(_MEDIA_HEAD):
+        return None
+    start = data.find(_PAYLOAD_KEY)
+    if start < 0:
+        return None
+    start += len(_PAYLOAD_KEY)
+    end = data.find(b'"', start)
+    if end < 0 or data.find(b"\\", start, end) >= 0:
+        return None
+    return data[start:end]
+
+
+# What Twilio sends, for code that plays Twilio.
+
+
+def twilio_connected() -> bytes:
+    return orjson.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+
+
+def twilio_start(
+    stream_sid: str,
+    call_sid: str,
+    account_sid: str,
+    custom_parameters: dict[str, str] | None = None,
+    sequence_number: int = 1,
+) -> bytes:
+    return orjson.dumps(
+        {
+            "event": "start",
+            "sequenceNumber": str(sequence_number),
+            "streamSid": stream_sid,
+            "start": {
+                "accountSid": account_sid,
+                "streamSid": stream_sid,
+                "callSid": call_sid,
+                "tracks": ["inbound"],
+                "customParameters": dict(custom_parameters or {}),
+                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+            },
+        }
+    )
+
+
+def twilio_media(stream_sid: str, audio: bytes, chunk: int, timestamp: int, sequence_number: int) -> bytes:
+    return orjson.dumps(
+        {
+            "event": "media",
+            "sequenceNumber": str(sequence_number),
+            "streamSid": stream_sid,
+            "media": {
+                "track": "inbound",
+                "chunk": str(chunk),
+                "timestamp": str(timestamp),
+                "payload": base64.b64encode(audio).decode("ascii"),
+            },
+        }
+    )
+
+
+def twilio_media_template(stream_sid: str) -> bytes:
+    """``twilio_media`` as a bytes %-template, for senders of many frames (the load tester).
+
+    ``template % (sequence_number, chunk, timestamp, base64_payload_bytes)`` is byte for byte
+    what ``twilio_media`` returns, without building and serialising a dict per frame.
+    """
+    sid = orjson.dumps(stream_sid).replace(b"%", b"%%")
+    return (
+        b'{"event":"media","sequenceNumber":"%d","streamSid":' + sid + b',"media":{"track":"inbound",'
+        b'"chunk":"%d","timestamp":"%d","payload":"%s"}}'
+    )
+
+
+def twilio_dtmf(stream_sid: str, digit: str, sequence_number: int) -> bytes:
+    return orjson.dumps(
+        {
+            "event": "dtmf",
+            "streamSid": stream_sid,
+            "sequenceNumber": str(sequence_number),
+            "dtmf": {"track": "inbound_track", "digit": digit},
+        }
+    )
+
+
+def twilio_mark(stream_sid: str, name: str, sequence_number: int) -> bytes:
+    return orjson.dumps(
+        {"event": "mark", "sequenceNumber": str(sequence_number), "streamSid": stream_sid, "mark": {"name": name}}
+    )
+
+
+def twilio_stop(stream_sid: str, call_sid: str, account_sid: str, sequence_number: int) -> bytes:
+    return orjson.dumps(
+        {
+            "event": "stop",
+            "sequenceNumber": str(sequence_number),
+            "streamSid": stream_sid,
+            "stop": {"accountSid": account_sid, "callSid": call_sid},
+        }
+    )

@@ -1,0 +1,1 @@
+"""``--workers``: a supervisor that binds the ports and the worker processes that serve them."""

@@ -1,0 +1,497 @@
+"""``--workers N``: one process per core on the same ports, and the supervisor that keeps them.
+
+The supervisor serves nothing itself. It binds every ``--listen`` before privileges drop
+(voicebridge/workers/sockets.py) and starts N workers: ``twist voicebridge`` again, with the same
+options, and ``VOICEBRIDGE_WORKER`` naming their sockets and control pipes
+(voicebridge/workers/peers.py). Then it:
+
+- restarts a worker that dies, after 1 s, doubling to 30 s while it keeps dying;
+- relays what the workers tell one another (voicebridge/workers/control.py): census, reservations and
+  claims, so ``--max-calls`` and a tenant's ``max_calls`` hold across the machine (and keeps
+  the reservations, for a worker that starts late), and metrics requests, so ``/metrics`` on
+  any worker answers for all;
+- takes the signals: SIGTERM or SIGINT drains every worker, and once all have drained they exit
+  together (each keeps answering 503 until then); a second one cuts the drain; SIGHUP reloads
+  the certificates in each;
+- re-emits each worker's log events with ``worker`` and ``worker_pid`` added, in its own format;
+- tells systemd READY=1 once every worker listens, and STOPPING=1 when the drain begins.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+
+from twisted.application.service import MultiService
+from twisted.internet import defer, error, protocol
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger, eventFromJSON, globalLogPublisher
+
+from voicebridge.call.capacity import Reservations
+from voicebridge.daemon.drain import GRACE
+from voicebridge.daemon.notify import notify
+from voicebridge.daemon.service import banner, describe_address, listen_now
+from voicebridge.observe.logs import printable
+from voicebridge.web.admission import Admission
+from voicebridge.web.publicurl import PublicURLs, TrustedProxies
+from voicebridge.workers import control, sockets
+from voicebridge.workers.peers import ENVIRONMENT, WorkerSpec
+
+log = Logger(namespace="voicebridge.supervisor")
+
+CONTROL_IN, CONTROL_OUT = 0, 3  # a worker's fds: commands in, messages out (1 and 2 are its log and stderr)
+FIRST_SOCKET_FD = 4
+RESTART_FIRST, RESTART_MAX = 1.0, 30.0
+STABLE_SECONDS = 60.0  # a worker that ran this long is restarted after RESTART_FIRST again
+METRICS_WAIT = 1.5  # for the other workers' families (a worker waits peers.METRICS_TIMEOUT for the answer)
+KILL_MARGIN = 15.0  # past the drain timeout and its grace, workers still running are killed
+NOT_FOR_WORKERS = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")  # the supervisor's alone
+
+
+def worker_count(value: str) -> int:
+    """``--workers``: a number, or ``auto`` for one per core this process may run on."""
+    value = str(value).strip().lower()
+    if value == "auto":
+        try:
+            return len(os.sched_getaffinity(0))
+        except OSError:  # a seccomp filter that refuses it
+            return os.cpu_count() or 1
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"--workers {value!r}: a number of processes (1 or more), or auto (one per core)")
+    return int(value)
+
+
+def twist_log_level(argv: list[str]) -> list[str]:
+    """twist's own ``--log-level`` (before the plugin's name in ``argv``), to pass on to the workers."""
+    for i, arg in enumerate(argv[1:], 1):
+        if arg == "voicebridge":
+            break
+        if arg.startswith("--log-level="):
+            return [arg]
+        if arg == "--log-level" and i + 1 < len(argv):
+            return [arg, argv[i + 1]]
+    return []
+
+
+class WorkerProcess(protocol.ProcessProtocol):
+    """One worker as the supervisor sees it: its pipes, its state, its census."""
+
+    def __init__(self, supervisor: Supervisor, index: int, started_at: float):
+        self.supervisor = supervisor
+        self.index = index
+        self.started_at = started_at
+        self.pid: int | None = None
+        self.ready = self.drained = self.ended = False
+        self.census = control.NO_CENSUS
+        self._control = control.LineDecoder()
+        self._log = control.Lines()
+        self._stderr = control.Lines()
+
+    def connectionMade(self):
+        self.pid = self.transport.pid
+
+    def childDataReceived(self, fd, data):
+        if fd == CONTROL_OUT:
+            received = lambda message: self.supervisor.received(self, message)  # noqa: E731
+            control.deliver(self._control, data, received, f"worker {self.index}", worker=self.index)
+        elif fd == 1:
+            for line in self._log.feed(data):
+                self.supervisor.relay_log(self, line)
+        elif fd == 2:
+            for line in self._stderr.feed(data):
+                self.supervisor.relay_output(self, line)
+
+    def processEnded(self, reason):
+        for line in (self._log.rest(), self._stderr.rest()):
+            if line.strip():
+                self.supervisor.relay_output(self, line)
+        self.ended = True
+        self.supervisor.worker_ended(self, reason.value)
+
+    def send(self, message: dict) -> None:
+        if self.ended or self.transport is None:
+            return
+        try:
+            self.transport.writeToChild(CONTROL_IN, control.encode(message))
+        except (KeyError, OSError):
+            pass  # its end is closed: it is exiting, and processEnded follows
+
+
+@dataclass
+class _Gather:
+    """One scrape's request for the other workers' families."""
+
+    asker: WorkerProcess
+    request_id: object
+    waiting: set[int]
+    families: list = field(default_factory=list)
+    timer: object = None
+
+
+class Supervisor(MultiService):
+    def __init__(self, settings, argv: list[str], count: int, reactor, environ=os.environ):
+        """``argv``: the voicebridge options as given, passed to every worker."""
+        super().__init__()
+        self.setName("voicebridge-supervisor")
+        self.settings = settings
+        self.argv = list(argv)
+        self.count = count
+        self.reactor = reactor
+        self.environ = environ
+        self.log_level = twist_log_level(sys.argv)
+        self.urls = PublicURLs(settings.public_url, TrustedProxies(settings.trusted_proxies))
+        self.specs = [sockets.parse_listen(d) for d in settings.listen]
+        self.ports: dict[int, int] = {}  # spec index -> the port of its per-worker sockets (port 0 picks it once)
+        self.shared: dict[int, object] = {}  # spec index -> listening port of a shared socket, never accepting
+        self.unclaimed: dict[tuple[int, int], object] = {}  # (slot, spec index) -> socket bound at start-up
+        self.workers: list[WorkerProcess | None] = [None] * count
+        self.restarts: dict[int, object] = {}  # slot -> the delayed restart
+        self.backoff = [RESTART_FIRST] * count
+        self.stopping = self.announced = False
+        self.bound_as: int | None = None  # the user the ports were bound as (privilegedStartService), once bound
+        self._waiter: defer.Deferred | None = None
+        self._gathers: dict[int, _Gather] = {}
+        self.reservations = Reservations(reactor)  # the workers' reservations, for a worker that starts late
+        self._gather_ids = itertools.count(1)
+
+    # Start-up.
+
+    def privilegedStartService(self):
+        # Bound here, before twistd drops privileges (twist calls only startService, which comes here first);
+        # a port that cannot be bound stops start-up.
+        self.bound_as = os.geteuid()
+        for i, spec in enumerate(self.specs):
+            if not spec.per_worker:
+                self.shared[i] = listen_now(serverFromString(self.reactor, spec.description), protocol.Factory())
+                self.shared[i].stopReading()  # the workers accept on it, never the supervisor
+                continue
+            for slot in range(self.count):
+                try:
+                    sock = sockets.bind_reuseport(spec, self.ports.get(i))
+                except OSError as e:
+                    raise error.CannotListenError(spec.interface, self.ports.get(i, spec.port), e) from None
+                self.ports.setdefault(i, sock.getsockname()[1])
+                self.unclaimed[(slot, i)] = sock
+        super().privilegedStartService()
+
+    def startService(self):
+        if self.bound_as is None:
+            self.privilegedStartService()
+        super().startService()
+        if os.geteuid() != self.bound_as:
+            log.warn(
+                "the ports were bound as uid {bound} and the supervisor now runs as uid {now} (twistd --uid): a worker "
+                "that dies cannot be replaced, since the kernel shares a port between sockets of one user only. Start "
+                "as the service's user instead, with CAP_NET_BIND_SERVICE for ports below 1024 (systemd/voicebridge.service)",
+                event_name="supervisor.privileges_dropped",
+                bound=self.bound_as,
+                now=os.geteuid(),
+            )
+        log.info(
+            "starting {count} worker(s) on {addresses}",
+            event_name="supervisor.starting",
+            count=self.count,
+            addresses=", ".join(self.addresses()),
+        )
+        for slot in range(self.count):
+            self.spawn(slot)
+
+    def addresses(self) -> list[str]:
+        out = []
+        for i, spec in enumerate(self.specs):
+            if spec.per_worker:
+                if spec.family == socket.AF_INET6:
+                    address = IPv6Address("TCP", spec.interface or "::", self.ports[i])
+                else:
+                    address = IPv4Address("TCP", spec.interface or "0.0.0.0", self.ports[i])
+                out.append(describe_address(spec.kind, address))
+            else:
+                out.append(describe_address(spec.kind, self.shared[i].getHost()))
+        return out
+
+    def spawn(self, slot: int) -> None:
+        self.restarts.pop(slot, None)
+        owned, listen, child_fds = [], [], {CONTROL_IN: "w", 1: "r", 2: "r", CONTROL_OUT: "r"}
+        try:
+            for i, spec in enumerate(self.specs):
+                if spec.per_worker:
+                    sock = self.unclaimed.pop((slot, i), None) or sockets.bind_reuseport(spec, self.ports[i])
+                    owned.append(sock)
+                    fd = sock.fileno()
+                else:
+                    fd = self.shared[i].fileno()
+                child_fds[FIRST_SOCKET_FD + i] = fd
+                listen.append((spec.description, FIRST_SOCKET_FD + i))
+        except OSError as e:
+            for sock in owned:
+                sock.close()
+            delay = self._next_delay(slot, 0.0)
+            log.error(
+                "worker {worker}: could not bind {address}: {error}; trying again in {delay:g}s",
+                event_name="worker.bind_failed",
+                worker=slot,
+                address=spec.description,
+                error=e.strerror or str(e),
+                delay=delay,
+            )
+            self.restarts[slot] = self.reactor.callLater(delay, self.spawn, slot)
+            return
+        spec = WorkerSpec(slot, self.count, CONTROL_IN, CONTROL_OUT, tuple(listen))
+        env = {k: v for k, v in self.environ.items() if k not in NOT_FOR_WORKERS}
+        env[ENVIRONMENT] = spec.to_environment()
+        args = [sys.executable, "-m", "twisted", "--log-format=json", *self.log_level, "voicebridge", *self.argv]
+        worker = WorkerProcess(self, slot, self.reactor.seconds())
+        try:
+            self.reactor.spawnProcess(worker, sys.executable, args, env=env, childFDs=child_fds)
+        except Exception as e:  # fork or exec refused (no memory, too many processes or files)
+            delay = self._next_delay(slot, 0.0)
+            log.error(
+                "worker {worker} could not be started: {error}; trying again in {delay:g}s",
+                event_name="worker.spawn_failed",
+                worker=slot,
+                error=str(e),
+                delay=delay,
+            )
+            self.restarts[slot] = self.reactor.callLater(delay, self.spawn, slot)
+            return
+        finally:
+            for sock in owned:
+                sock.close()  # the worker holds it now: it dies with the worker
+        self.workers[slot] = worker
+        log.info("worker {worker} started, pid {pid}", event_name="worker.started", worker=slot, pid=worker.pid)
+
+    def _next_delay(self, slot: int, uptime: float) -> float:
+        if uptime >= STABLE_SECONDS:
+            self.backoff[slot] = RESTART_FIRST
+        delay = self.backoff[slot]
+        self.backoff[slot] = min(delay * 2, RESTART_MAX)
+        return delay
+
+    def live(self) -> list[WorkerProcess]:
+        return [w for w in self.workers if w is not None and not w.ended]
+
+    # What the workers say.
+
+    def received(self, worker: WorkerProcess, message: dict) -> None:
+        """``message`` has passed ``control.problem``: its fields are there, with their types."""
+        op = message["op"]
+        if op == "ready":
+            worker.ready = True
+            worker.send(self._peers_of(worker, self._machine_census()))
+            for sid, tenant_id, seconds in self.reservations.remaining():  # made before it was there
+                worker.send({"op": "reserve", "sid": sid, "tenant": tenant_id, "seconds": seconds})
+            log.info("worker {worker} ready", event_name="worker.ready", worker=worker.index, pid=worker.pid)
+            if not (self.announced or self.stopping) and all(w is not None and w.ready for w in self.workers):
+                self.announced = True
+                self._announce()
+        elif op == "census":
+            worker.census = {k: message[k] for k in control.CENSUS}
+            self._tell_census()
+        elif op in ("reserve", "claim"):
+            if op == "reserve":
+                self.reservations.heard(message["sid"], message["tenant"], message["seconds"])
+            else:
+                self.reservations.claim(message["sid"])
+            for other in self.live():
+                if other is not worker:
+                    other.send(message)
+        elif op == "metrics-request":
+            self._gather(worker, message["id"])
+        elif op == "metrics":
+            self._gathered_one(worker, message)
+        elif op == "drained":
+            worker.drained = True
+            self._wake()
+        else:
+            log.warn(
+                "control message {op!r} from worker {worker} is not for the supervisor",
+                event_name="worker.control_error",
+                op=op,
+                worker=worker.index,
+            )
+
+    def _announce(self) -> None:
+        ports = [self.ports[i] for i in sorted(self.ports)]
+        ports += [p.getHost().port for p in self.shared.values() if hasattr(p.getHost(), "port")]
+        addresses = self.addresses()
+        banner(self.settings, self.urls, Admission(self.settings).enforcing, addresses, ports, workers=self.count)
+        notify("READY=1", f"STATUS={self.count} worker(s) listening on {', '.join(addresses)}")
+
+    def _machine_census(self) -> tuple[int, int, Counter]:
+        """Every live worker's census, summed: (started, handshaking, started per tenant)."""
+        started = handshaking = 0
+        tenants: Counter = Counter()
+        for worker in self.live():
+            started += worker.census["started"]
+            handshaking += worker.census["handshaking"]
+            tenants.update(worker.census["tenants"])
+        return started, handshaking, tenants
+
+    @staticmethod
+    def _peers_of(worker: WorkerProcess, machine: tuple[int, int, Counter]) -> dict:
+        """The other workers' census, summed: the machine's less ``worker``'s own (tenants at 0 left out)."""
+        started, handshaking, tenants = machine
+        own = worker.census
+        return {
+            "op": "peers",
+            "started": started - own["started"],
+            "handshaking": handshaking - own["handshaking"],
+            "tenants": dict(tenants - Counter(own["tenants"])),
+        }
+
+    def _tell_census(self) -> None:
+        machine = self._machine_census()  # once, not once per worker
+        for worker in self.live():
+            worker.send(self._peers_of(worker, machine))
+
+    def _gather(self, asker: WorkerProcess, request_id) -> None:
+        others = [w for w in self.live() if w is not asker and w.ready]
+        gather_id = next(self._gather_ids)
+        gather = self._gathers[gather_id] = _Gather(asker, request_id, {w.index for w in others})
+        for other in others:
+            other.send({"op": "metrics-request", "id": gather_id})
+        gather.timer = self.reactor.callLater(METRICS_WAIT, self._answer_gather, gather_id)
+        if not others:
+            self._answer_gather(gather_id)
+
+    def _gathered_one(self, worker: WorkerProcess, message: dict) -> None:
+        gather_id = message.get("id")
+        gather = self._gathers.get(gather_id)
+        if gather is None or worker.index not in gather.waiting:
+            return  # too late, or not asked
+        gather.waiting.discard(worker.index)
+        gather.families.append([worker.index, message["families"]])
+        if not gather.waiting:
+            self._answer_gather(gather_id)
+
+    def _answer_gather(self, gather_id: int) -> None:
+        gather = self._gathers.pop(gather_id, None)
+        if gather is None:
+            return
+        if gather.timer is not None and gather.timer.active():
+            gather.timer.cancel()
+        gather.asker.send({"op": "metrics", "id": gather.request_id, "families": gather.families})
+
+    def relay_log(self, worker: WorkerProcess, line: bytes) -> None:
+        """A worker's JSON log event, emitted here as if it were the supervisor's, naming the worker."""
+        text = line.lstrip(b"\x1e").strip()
+        if not text:
+            return
+        try:
+            event = eventFromJSON(text.decode("utf-8", "replace"))
+        except ValueError:
+            event = None
+        if not isinstance(event, dict):
+            self.relay_output(worker, line)
+            return
+        level = event.get("log_level")
+        event["worker"] = worker.index
+        event["worker_pid"] = worker.pid
+        event["log_system"] = f"worker-{worker.index} {event.get('log_namespace', '-')}#{getattr(level, 'name', level)}"
+        globalLogPublisher(event)
+
+    def relay_output(self, worker: WorkerProcess, line: bytes) -> None:
+        """What a worker wrote outside its log (a traceback before logging began, a usage error)."""
+        text = line.decode("utf-8", "replace").strip("\x1e\r\n")
+        if text.strip():
+            log.warn(
+                "worker {worker}: {line}",
+                event_name="worker.output",
+                worker=worker.index,
+                worker_pid=worker.pid,
+                line=printable(text, 2000),
+            )
+
+    def worker_ended(self, worker: WorkerProcess, status) -> None:
+        if self.workers[worker.index] is worker:
+            self.workers[worker.index] = None
+        self._tell_census()
+        for gather_id, gather in list(self._gathers.items()):
+            gather.waiting.discard(worker.index)
+            if not gather.waiting:
+                self._answer_gather(gather_id)
+        code, signal = getattr(status, "exitCode", None), getattr(status, "signal", None)
+        uptime = self.reactor.seconds() - worker.started_at
+        fields = dict(worker=worker.index, pid=worker.pid, exit_code=code, signal=signal, uptime=uptime)
+        fields["how"] = f"signal {signal}" if signal else f"exit status {code}"
+        if self.stopping:
+            log.info("worker {worker} (pid {pid}) exited ({how})", event_name="worker.exited", **fields)
+            self._wake()
+            return
+        delay = self._next_delay(worker.index, uptime)
+        log.error(
+            "worker {worker} (pid {pid}) exited ({how}) after {uptime:.1f}s; restarting it in {delay:g}s",
+            event_name="worker.exited",
+            delay=delay,
+            **fields,
+        )
+        self.restarts[worker.index] = self.reactor.callLater(delay, self.spawn, worker.index)
+
+    # Signals (voicebridge/daemon/signals.py) and stopping.
+
+    def reload(self) -> None:
+        running = self.live()
+        log.info("SIGHUP: reloading certificates in {count} worker(s)", event_name="supervisor.reload", count=len(running))
+        for worker in running:
+            worker.send({"op": "reload"})
+
+    def cut(self) -> None:
+        for worker in self.live():
+            worker.send({"op": "cut"})
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.callback(None)
+
+    @defer.inlineCallbacks
+    def _until(self, done):
+        while not done():
+            self._waiter = defer.Deferred()
+            yield self._waiter
+
+    def _kill(self) -> None:
+        for worker in self.live():
+            log.warn(
+                "worker {worker} (pid {pid}) is still running: killing it",
+                event_name="supervisor.kill",
+                worker=worker.index,
+                pid=worker.pid,
+            )
+            try:
+                worker.transport.signalProcess("KILL")
+            except error.ProcessExitedAlready:
+                pass
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        self.stopping = True
+        for restart in self.restarts.values():
+            if restart.active():
+                restart.cancel()
+        self.restarts.clear()
+        for sock in self.unclaimed.values():
+            sock.close()
+        self.unclaimed.clear()
+        running = self.live()
+        notify("STOPPING=1", f"STATUS=draining {len(running)} worker(s)")
+        log.info("draining {count} worker(s)", event_name="supervisor.draining", count=len(running))
+        for worker in running:
+            worker.send({"op": "drain"})
+        killer = self.reactor.callLater(self.settings.limits.drain_timeout + GRACE + KILL_MARGIN, self._kill)
+        # Every worker keeps answering 503 until the last has drained; then they exit together.
+        yield self._until(lambda: all(w.drained for w in self.live()))
+        for worker in self.live():
+            worker.send({"op": "exit"})
+        yield self._until(lambda: not self.live())
+        if killer.active():
+            killer.cancel()
+        for port in self.shared.values():
+            yield port.stopListening()
+        yield super().stopService()
+        log.info("every worker has exited; stopping", event_name="supervisor.stopped")
