@@ -22,7 +22,7 @@ from twisted.internet import task  # noqa: E402
 
 from voicebridge import handlers, messages  # noqa: E402
 from voicebridge.audio.recording import Recording  # noqa: E402
-from voicebridge.call.call import CallRegistry  # noqa: E402
+from voicebridge.call.registry import CallRegistry  # noqa: E402
 from voicebridge.config.file import Settings  # noqa: E402
 from voicebridge.handlers import Handler  # noqa: E402
 

@@ -8,7 +8,7 @@ import sys
 from twisted.python import usage
 
 from voicebridge import handlers
-from voicebridge.call.call import handlers_in_use, resolve_handlers
+from voicebridge.call.resolve import handlers_in_use, resolve_handlers
 from voicebridge.config import limits
 from voicebridge.config.file import DEFAULT_HANDLER, Config, ConfigError, Settings, load_config, read_auth_token
 from voicebridge.tls import listen as tls
@@ -173,7 +173,7 @@ def makeService(options, reactor=None):
     """One of three trees: the daemon on its own; under ``--workers``, the supervisor; or one of its workers."""
     if reactor is None:
         from twisted.internet import reactor
-    from voicebridge.call.call import CallRegistry
+    from voicebridge.call.registry import CallRegistry
     from voicebridge.daemon.service import AdoptedListenService, VoiceBridgeService
     from voicebridge.daemon.signals import ProcessSignals
     from voicebridge.fastpath import leanloop
