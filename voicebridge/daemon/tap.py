@@ -122,7 +122,7 @@ class Options(usage.Options):
         self["worker_count"] = None
         if self["workers"] is not None:
             from voicebridge.workers import sockets
-            from voicebridge.workers.supervisor import worker_count
+            from voicebridge.workers.bookkeeping import worker_count
 
             try:
                 self["worker_count"] = worker_count(self["workers"])
