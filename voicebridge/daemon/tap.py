@@ -142,7 +142,10 @@ class Options(usage.Options):
                     sockets.parse_listen(description)
             except ValueError as e:
                 raise usage.UsageError(str(e)) from None
-        self["limits"] = limits.from_options(self)
+        try:
+            self["limits"] = limits.from_options(self)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
         self["handler_name"] = self["handler"] or self["config_obj"].handler or DEFAULT_HANDLER
         self["handlers"] = None
         try:  # once, here: the daemon and check-config use what is resolved

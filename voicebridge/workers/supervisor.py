@@ -43,7 +43,7 @@ from voicebridge.web.admission import Admission
 from voicebridge.web.publicurl import PublicURLs, TrustedProxies
 from voicebridge.workers import control, sockets
 from voicebridge.workers.bookkeeping import Books, WorkerState, twist_log_level
-from voicebridge.workers.peers import ENVIRONMENT, WorkerSpec
+from voicebridge.workers.peers import ENVIRONMENT, WorkerSpec, deliver
 
 log = Logger(namespace="voicebridge.supervisor")
 
@@ -70,7 +70,7 @@ class WorkerProcess(WorkerState, protocol.ProcessProtocol):
     def childDataReceived(self, fd, data):
         if fd == CONTROL_OUT:
             received = lambda message: self.supervisor.received(self, message)  # noqa: E731
-            control.deliver(self._control, data, received, f"worker {self.index}", worker=self.index)
+            deliver(self._control, data, received, f"worker {self.index}", worker=self.index)
         elif fd == 1:
             for line in self._log.feed(data):
                 self.supervisor.relay_log(self, line)
