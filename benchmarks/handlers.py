@@ -57,7 +57,7 @@ def run_once(frames: list[bytes], handler: str, options=None, force_keeping=Fals
     call = registry.new_call(Sink(), "127.0.0.1", {})
     call.text_received(messages.twilio_start(SID, CALL, ACC))
     if force_keeping:
-        call.text_received = call._text_received_keeping_frames
+        call.keeps_frames = True  # every frame the full way, kept while dispatched, as for relay
     receive = call.text_received
     start = time.perf_counter()
     for frame in frames:
