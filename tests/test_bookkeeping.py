@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.internet import task
 
 from voicebridge.workers import control
-from voicebridge.workers.bookkeeping import RESTART_MAX, STABLE_SECONDS, Backoff, Books, WorkerState
+from voicebridge.workers.bookkeeping import RESTART_MAX, STABLE_SECONDS, Backoff, Books, Gathers, WorkerState
 
 
 def books(count=3):
@@ -85,3 +85,31 @@ def test_restarts_back_off_while_a_worker_keeps_dying_and_reset_after_a_stable_r
     assert backoff.next(1, 0.0) == 1.0, "each slot has its own"
     assert backoff.next(0, STABLE_SECONDS) == 1.0, "it ran long enough: back to the first delay"
     assert backoff.next(0, 1.0) == 2.0
+
+
+def test_a_scrape_is_answered_once_every_asked_worker_has_answered_or_gone():
+    gathers = Gathers()
+    asker, w1, w2, w3 = (WorkerState(i, 0.0) for i in range(4))
+    gather_id, gather = gathers.start(asker, 7, [w1, w2, w3])
+    assert gathers.heard(w1, {"op": "metrics", "id": gather_id, "families": ["f1"]}) == []
+    assert gathers.heard(w1, {"op": "metrics", "id": gather_id, "families": ["again"]}) == [], "counted once"
+    assert gathers.heard(asker, {"op": "metrics", "id": gather_id, "families": ["x"]}) == [], "not asked"
+    assert gathers.gone(w3.index) == []
+    done = gathers.heard(w2, {"op": "metrics", "id": gather_id, "families": ["f2"]})
+    assert done == [gather] and gathers.open == {}
+    assert gather.answer() == {"op": "metrics", "id": 7, "families": [[1, ["f1"]], [2, ["f2"]]]}
+    assert gathers.heard(w2, {"op": "metrics", "id": gather_id, "families": ["late"]}) == [], "too late: dropped"
+    assert control.problem(gather.answer()) is None
+
+
+def test_a_scrape_whose_time_is_up_is_answered_with_what_came():
+    gathers = Gathers()
+    asker, w1, w2 = (WorkerState(i, 0.0) for i in range(3))
+    first, _ = gathers.start(asker, 1, [w1, w2])
+    second, _ = gathers.start(asker, 2, [w2])
+    assert first != second
+    gathers.heard(w1, {"op": "metrics", "id": first, "families": ["f1"]})
+    [timed_out] = gathers.finish(first)
+    assert timed_out.answer()["families"] == [[1, ["f1"]]] and gathers.finish(first) == []
+    [gone] = gathers.gone(w2.index)
+    assert gone.request_id == 2 and gone.answer()["families"] == [] and gathers.open == {}

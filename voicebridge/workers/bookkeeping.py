@@ -3,14 +3,17 @@
 ``voicebridge/workers/supervisor.py`` does the I/O (processes, pipes, timers, logs); every decision
 about the workers' shared state is made here, on plain objects, so it tests without a process:
 the machine's census and each worker's view of its peers, the reservations a worker that starts
-late must be handed, when all are ready or drained, and how long to wait before restarting one.
+late must be handed, when all are ready or drained, how long to wait before restarting one, and
+which workers a ``/metrics`` scrape still waits for.
 Each method that hears a message returns the messages to send, as ``(worker, message)`` pairs.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections import Counter
+from dataclasses import dataclass, field
 
 from voicebridge.call.capacity import Reservations
 from voicebridge.workers import control
@@ -140,3 +143,55 @@ class Books:
         if self.workers[worker.index] is worker:
             self.workers[worker.index] = None
         return self.census_for_all()
+
+
+@dataclass
+class Gather:
+    """One scrape's request for the other workers' families."""
+
+    asker: object
+    request_id: object
+    waiting: set[int]
+    families: list = field(default_factory=list)
+    timer: object = None  # the supervisor's timeout, cancelled once answered
+
+    def answer(self) -> dict:
+        return {"op": "metrics", "id": self.request_id, "families": self.families}
+
+
+class Gathers:
+    """Scrapes in progress. Each method returns the gathers now complete, taken out: the caller answers them."""
+
+    def __init__(self):
+        self.open: dict[int, Gather] = {}
+        self._ids = itertools.count(1)
+
+    def start(self, asker, request_id, others) -> tuple[int, Gather]:
+        """A worker's scrape needs ``others``' families: the id to ask them with, and the gather."""
+        gather_id = next(self._ids)
+        gather = self.open[gather_id] = Gather(asker, request_id, {w.index for w in others})
+        return gather_id, gather
+
+    def heard(self, worker, message: dict) -> list[Gather]:
+        """A worker's families; one that comes too late, or was not asked, is dropped."""
+        gather_id = message.get("id")
+        gather = self.open.get(gather_id)
+        if gather is None or worker.index not in gather.waiting:
+            return []
+        gather.waiting.discard(worker.index)
+        gather.families.append([worker.index, message["families"]])
+        return [self.open.pop(gather_id)] if not gather.waiting else []
+
+    def gone(self, index: int) -> list[Gather]:
+        """A worker exited: no gather waits for it any longer."""
+        done = []
+        for gather_id, gather in list(self.open.items()):
+            gather.waiting.discard(index)
+            if not gather.waiting:
+                done.append(self.open.pop(gather_id))
+        return done
+
+    def finish(self, gather_id: int) -> list[Gather]:
+        """Its time is up (or nobody was asked): answered with what came."""
+        gather = self.open.pop(gather_id, None)
+        return [gather] if gather is not None else []

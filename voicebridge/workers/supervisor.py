@@ -22,11 +22,9 @@ is decided by the pure ``voicebridge/workers/bookkeeping.py``; this module does 
 
 from __future__ import annotations
 
-import itertools
 import os
 import socket
 import sys
-from dataclasses import dataclass, field
 
 from twisted.application.service import MultiService
 from twisted.internet import defer, error, protocol
@@ -42,7 +40,7 @@ from voicebridge.observe.logs import printable
 from voicebridge.web.admission import Admission
 from voicebridge.web.publicurl import PublicURLs, TrustedProxies
 from voicebridge.workers import control, sockets
-from voicebridge.workers.bookkeeping import Books, WorkerState, twist_log_level
+from voicebridge.workers.bookkeeping import Books, Gather, Gathers, WorkerState, twist_log_level
 from voicebridge.workers.peers import ENVIRONMENT, WorkerSpec, deliver
 
 log = Logger(namespace="voicebridge.supervisor")
@@ -94,17 +92,6 @@ class WorkerProcess(WorkerState, protocol.ProcessProtocol):
             pass  # its end is closed: it is exiting, and processEnded follows
 
 
-@dataclass
-class _Gather:
-    """One scrape's request for the other workers' families."""
-
-    asker: WorkerProcess
-    request_id: object
-    waiting: set[int]
-    families: list = field(default_factory=list)
-    timer: object = None
-
-
 class Supervisor(MultiService):
     def __init__(self, settings, argv: list[str], count: int, reactor, environ=os.environ):
         """``argv``: the voicebridge options as given, passed to every worker."""
@@ -126,8 +113,7 @@ class Supervisor(MultiService):
         self.stopping = self.announced = False
         self.bound_as: int | None = None  # the user the ports were bound as (privilegedStartService), once bound
         self._waiter: defer.Deferred | None = None
-        self._gathers: dict[int, _Gather] = {}
-        self._gather_ids = itertools.count(1)
+        self.gathers = Gathers()
 
     # Start-up.
 
@@ -272,7 +258,7 @@ class Supervisor(MultiService):
         elif op == "metrics-request":
             self._gather(worker, message["id"])
         elif op == "metrics":
-            self._gathered_one(worker, message)
+            self._answer(self.gathers.heard(worker, message))
         elif op == "drained":
             worker.drained = True
             self._wake()
@@ -293,31 +279,19 @@ class Supervisor(MultiService):
 
     def _gather(self, asker: WorkerProcess, request_id) -> None:
         others = [w for w in self.live() if w is not asker and w.ready]
-        gather_id = next(self._gather_ids)
-        gather = self._gathers[gather_id] = _Gather(asker, request_id, {w.index for w in others})
+        gather_id, gather = self.gathers.start(asker, request_id, others)
         for other in others:
             other.send({"op": "metrics-request", "id": gather_id})
-        gather.timer = self.reactor.callLater(METRICS_WAIT, self._answer_gather, gather_id)
+        gather.timer = self.reactor.callLater(METRICS_WAIT, lambda: self._answer(self.gathers.finish(gather_id)))
         if not others:
-            self._answer_gather(gather_id)
+            self._answer(self.gathers.finish(gather_id))
 
-    def _gathered_one(self, worker: WorkerProcess, message: dict) -> None:
-        gather_id = message.get("id")
-        gather = self._gathers.get(gather_id)
-        if gather is None or worker.index not in gather.waiting:
-            return  # too late, or not asked
-        gather.waiting.discard(worker.index)
-        gather.families.append([worker.index, message["families"]])
-        if not gather.waiting:
-            self._answer_gather(gather_id)
-
-    def _answer_gather(self, gather_id: int) -> None:
-        gather = self._gathers.pop(gather_id, None)
-        if gather is None:
-            return
-        if gather.timer is not None and gather.timer.active():
-            gather.timer.cancel()
-        gather.asker.send({"op": "metrics", "id": gather.request_id, "families": gather.families})
+    @staticmethod
+    def _answer(gathers: list[Gather]) -> None:
+        for gather in gathers:
+            if gather.timer is not None and gather.timer.active():
+                gather.timer.cancel()
+            gather.asker.send(gather.answer())
 
     def relay_log(self, worker: WorkerProcess, line: bytes) -> None:
         """A worker's JSON log event, emitted here as if it were the supervisor's, naming the worker."""
@@ -351,10 +325,7 @@ class Supervisor(MultiService):
 
     def worker_ended(self, worker: WorkerProcess, status) -> None:
         self._send(self.books.ended(worker))
-        for gather_id, gather in list(self._gathers.items()):
-            gather.waiting.discard(worker.index)
-            if not gather.waiting:
-                self._answer_gather(gather_id)
+        self._answer(self.gathers.gone(worker.index))
         code, signal = getattr(status, "exitCode", None), getattr(status, "signal", None)
         uptime = self.reactor.seconds() - worker.started_at
         fields = dict(worker=worker.index, pid=worker.pid, exit_code=code, signal=signal, uptime=uptime)
