@@ -47,6 +47,8 @@ class AppProtocol(WebSocketServerProtocol):
         app.behaviour(app, self, message)
 
     def send(self, data: bytes) -> None:
+        if self.state != self.STATE_OPEN:
+            return  # it has closed (close_after) and frames still arrive: a real application sends no more
         self.factory.app.sent.append(data)
         self.sendMessage(data, isBinary=False)
 

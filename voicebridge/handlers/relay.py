@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections import deque
 from urllib.parse import urlsplit
 
+from autobahn.exception import Disconnected
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from OpenSSL import SSL
 from service_identity import VerificationError
@@ -173,8 +174,7 @@ class RelayHandler(Handler):
         if frame is None:
             return
         if self.state == OPEN and not self.paused and not self.pending:
-            self.upstream.sendMessage(frame, isBinary=False)
-            self.frames_up += 1
+            self._send_up(frame)
         elif self.state in (CONNECTING, OPEN, CLOSING):
             if len(self.pending) >= self.options["max_pending"]:
                 waited = "to open" if self.state == CONNECTING else "to read"
@@ -184,10 +184,19 @@ class RelayHandler(Handler):
 
     def _flush(self) -> None:
         while self.pending and not self.paused and self.state in (OPEN, CLOSING):
-            self.upstream.sendMessage(self.pending.popleft(), isBinary=False)
-            self.frames_up += 1
+            self._send_up(self.pending.popleft())
         if self.state == CLOSING:
             self._close_when_flushed()
+
+    def _send_up(self, frame: bytes) -> None:
+        try:
+            self.upstream.sendMessage(frame, isBinary=False)
+        except Disconnected:
+            # The application's close frame has arrived and its onClose is on its way (it decides what
+            # happens next): what Twilio sends meanwhile has nowhere to go.
+            self.pending.clear()
+            return
+        self.frames_up += 1
 
     def _close_when_flushed(self) -> None:
         if not self.pending and self.upstream is not None:
