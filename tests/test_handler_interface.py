@@ -399,8 +399,10 @@ def test_the_handler_api_is_what_a_handler_sees_of_its_call(monkeypatch):
     surface = call.handler.call
     assert type(surface) is HandlerCall and surface is not call
     assert (surface.call_sid, surface.stream_sid, surface.parameters["k"], surface.started_at) == (CALL, SID, "v", 7)
-    with pytest.warns(DeprecationWarning, match="call.clock"):
-        assert surface.registry is reg, "the old way in still works, with a warning"
+    with pytest.warns(DeprecationWarning, match="not part of the handler API"):
+        assert surface.registry is reg and surface.conn == call.conn, "the old ways in still work, with a warning"
+    with pytest.raises(AttributeError, match="the handler API has no 'nothing_like_this'"):
+        surface.nothing_like_this  # noqa: B018
     call.text_received(m.twilio_dtmf(SID, "5", 2))
     assert Sayer.seen == [(True, 7), (False, "said")]
     assert link.closed == (1000, "said") and call.end_reason == "said"
