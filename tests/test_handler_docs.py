@@ -55,3 +55,23 @@ def test_the_documented_config_is_valid_and_bad_options_are_named(tone):
     assert entry_point == {"tone": "vbtone:ToneHandler"}
     with pytest.raises(ValueError, match="frequency: 5 is not"):
         resolve_handlers(Settings(listen=[], handler="tone", config=parse_config({"handlers": {"tone": {"frequency": 5}}})))
+
+
+def test_the_api_table_lists_exactly_what_a_handler_call_offers():
+    """The table under "On `self.call`" and the hooks table are the handler API: every public name of
+    HandlerCall, and no other."""
+    from voicebridge.handlers.api import HandlerCall
+    from voicebridge.web.connectaction import ConnectActions
+
+    table = DOC.split("| On `self.call` | What |", 1)[1].split("\n\n", 1)[0]
+    documented = set()
+    for row in table.splitlines()[2:]:
+        cell = row.split("|")[1]
+        documented.update(re.findall(r"`([a-z_]+)", cell))
+    hooks = DOC.split("| Hook | For |", 1)[1].split("\n\n", 1)[0]
+    documented.update(re.findall(r"self\.call\.([a-z_]+)", hooks))
+    reg, clock = registry()
+    call, _ = new_call(reg)
+    surface = HandlerCall(call, clock, ConnectActions(clock), None)
+    offered = {name for name in dir(surface) if not name.startswith("_")}
+    assert documented == offered
