@@ -12,8 +12,8 @@ from twisted.logger import Logger
 
 from voicebridge.config.file import NoTenant
 from voicebridge.observe.logs import mask_number, printable
-from voicebridge.tools.diagnosis import STREAM, check_url
 from voicebridge.twilio import twiml
+from voicebridge.twilio.urls import STREAM, check_url
 from voicebridge.web.admission import Refusal
 from voicebridge.web.publicurl import PublicURLError
 from voicebridge.web.twiliorequest import TWILIO_FIELDS, TwilioRequest, first_values

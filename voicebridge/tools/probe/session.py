@@ -1,24 +1,18 @@
-"""``voicebridge probe WEBHOOK_URL``: do what Twilio does on an incoming call, layer by layer.
+"""One probe run, the I/O: do what Twilio does on an incoming call, layer by layer.
 
 Resolve and connect, verify TLS as Twilio would, POST the signed webhook, read the TwiML, check
 the ``<Stream>`` url, open the stream with a signed handshake, send ``connected``, ``start`` and a
-few seconds of media, watch what comes back, send ``stop``. Each layer is one ``Step``; what the
-steps mean is decided in ``voicebridge/tools/diagnosis.py``, which is pure. This module is the I/O.
-
-It works against any Twilio voice app, not only voicebridge.
+few seconds of media, watch what comes back, send ``stop``. Each layer is one ``Step``; what an
+observation means is ``judge.py``'s, what the run means ``voicebridge/tools/diagnosis``'s (both pure).
 """
 
 from __future__ import annotations
 
 import base64
 import ipaddress
-import json
 import os
-import re
 import socket
-import sys
-import textwrap
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from io import BytesIO
 from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 
@@ -37,12 +31,13 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
-from voicebridge.cli import name_value_pairs
-from voicebridge.config.file import ConfigError, Secret, read_auth_token
 from voicebridge.net.wsclient import endpoint_for, load_trust_root
 from voicebridge.tls.inspect import InspectingTLS
 from voicebridge.tools import diagnosis as dx
 from voicebridge.tools.diagnosis import FAIL, OK, SKIP, STREAM, WARN, WEBHOOK, HTTPAnswer, Step
+from voicebridge.tools.probe import judge
+from voicebridge.tools.probe.options import ProbeOptions, redacted, sibling_path, twilio_form, without_userinfo
+from voicebridge.tools.probe.report import Report
 from voicebridge.tools.twiliosim import FRAME_MS, CallScript, new_sid, play_call
 from voicebridge.twilio.signatures import SignatureChecker
 
@@ -51,110 +46,6 @@ MAX_REDIRECTS = 10
 MAX_BODY = 1024 * 1024
 USER_AGENT = "TwilioProxy/1.1 (voicebridge probe)"
 REDIRECTS = (301, 302, 303, 307, 308)
-
-
-class UsageError(ValueError):
-    pass
-
-
-# Options.
-
-
-@dataclass(frozen=True)
-class ConnectTo:
-    """curl's --connect-to: connections meant for HOST:PORT go to ADDR:PORT; SNI and Host stay."""
-
-    host: str
-    port: int | None
-    to_host: str
-    to_port: int | None
-
-    def target(self, host: str, port: int) -> tuple[str, int] | None:
-        if self.host and self.host.lower() != host.lower():
-            return None
-        if self.port is not None and self.port != port:
-            return None
-        return (self.to_host or host, self.to_port or port)
-
-
-_CONNECT_TO = re.compile(r"^(\[[^\]]*\]|[^:\[\]]*):(\d*):(\[[^\]]*\]|[^:\[\]]*):(\d*)$")
-
-
-def parse_connect_to(spec: str) -> ConnectTo:
-    match = _CONNECT_TO.match(spec.strip())
-    if not match:
-        raise UsageError(f"--connect-to {spec!r} is not HOST:PORT:ADDR:PORT (IPv6 in brackets; empty parts match any)")
-    host, port, to_host, to_port = match.groups()
-    ports = []
-    for text in (port, to_port):
-        if text and not 0 < int(text) < 65536:
-            raise UsageError(f"--connect-to {spec!r}: {text} is not a TCP port")
-        ports.append(int(text) if text else None)
-    return ConnectTo(host.strip("[]"), ports[0], to_host.strip("[]"), ports[1])
-
-
-@dataclass
-class ProbeOptions:
-    url: str
-    auth_token: str | None = field(default=None, repr=False)
-    params: list = field(default_factory=list)
-    seconds: float = 3.0
-    cafile: str | None = None
-    connect_to: list = field(default_factory=list)
-    local: bool = False
-    expect: str = "media"
-    timeout: float = 10.0
-
-    def __post_init__(self):
-        parts = urlsplit(self.url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UsageError(f"{self.url!r} is not an http(s):// webhook URL with a host")
-        try:
-            _ = parts.port
-        except ValueError:
-            raise UsageError(f"the port in {self.url!r} is not a number") from None
-        if not 0 < self.seconds <= 60:
-            raise UsageError("--seconds must be more than 0 and at most 60")
-        if not 0 < self.timeout <= 120:
-            raise UsageError("--timeout must be more than 0 and at most 120")
-        if self.expect not in ("media", "echo", "none"):
-            raise UsageError("--expect is media, echo or none")
-        if self.cafile:
-            try:
-                load_trust_root(self.cafile)
-            except ValueError as e:
-                raise UsageError(f"--cafile: {e}") from None
-
-    def route(self, host: str, port: int) -> tuple[str, int] | None:
-        for rule in self.connect_to:
-            target = rule.target(host, port)
-            if target is not None:
-                return target
-        return None
-
-
-def twilio_form(call_sid: str, account_sid: str, extra: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """What Twilio posts for an inbound call; ``--param`` adds or replaces fields."""
-    form = {
-        "AccountSid": account_sid,
-        "ApiVersion": "2010-04-01",
-        "CallSid": call_sid,
-        "CallStatus": "ringing",
-        "Called": "+15550100200",
-        "Caller": "+15550100100",
-        "Direction": "inbound",
-        "From": "+15550100100",
-        "To": "+15550100200",
-    }
-    for name, value in extra:
-        form[name] = value
-    return list(form.items())
-
-
-def sibling_path(path: str, token: str) -> str:
-    """A path beside ``path`` that surely does not exist, under the same proxy prefix."""
-    name = f"voicebridge-probe-{token}"
-    return path + name if path.endswith("/") else f"{path}-{name}"
 
 
 # I/O helpers.
@@ -272,58 +163,6 @@ class Stop(Exception):
 # The probe.
 
 
-@dataclass
-class Report:
-    url: str
-    steps: list
-    diagnosis: dx.Diagnosis
-    local: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return self.diagnosis.ok
-
-    @property
-    def exit_status(self) -> int:
-        return 0 if self.ok else 1
-
-    def step(self, name: str) -> Step:
-        return next(s for s in self.steps if s.name == name)
-
-    def as_json(self) -> dict:
-        return {
-            "ok": self.ok,
-            "diagnosis": self.diagnosis.code,
-            "message": self.diagnosis.message,
-            "fix": self.diagnosis.fix,
-            "twilio_error": self.diagnosis.twilio_error,
-            "url": self.url,
-            "local": self.local,
-            "steps": [s.as_json() for s in self.steps],
-        }
-
-    def text(self) -> str:
-        marks = {OK: "ok  ", WARN: "warn", FAIL: "FAIL", SKIP: "-   "}
-        width = max(len(s.name) for s in self.steps)
-        lines = [f"voicebridge probe {self.url}{' (--local)' if self.local else ''}", ""]
-        for s in self.steps:
-            lines.append(f"  {marks[s.status]}  {s.name.ljust(width)}  {s.summary}")
-            for warning in s.warnings:
-                lines.append(f"  {'':4}  {'':{width}}  ! {warning}")
-        d = self.diagnosis
-        lines += ["", f"diagnosis: {d.code}"]
-        lines += textwrap.wrap(d.message, 100, initial_indent="  ", subsequent_indent="  ")
-        lines.append("fix:")
-        for paragraph in d.fix.splitlines():
-            if paragraph.startswith("    "):
-                lines.append("  " + paragraph)
-            else:
-                lines += textwrap.wrap(paragraph, 100, initial_indent="  ", subsequent_indent="  ") or [""]
-        if not d.ok:
-            lines.append(f"a real call shows Twilio error: {d.twilio_error}")
-        return "\n".join(lines)
-
-
 class Probe:
     """One run against one webhook URL. ``run()`` fires with a Report; it never raises for a failing layer."""
 
@@ -390,20 +229,12 @@ class Probe:
         await self._stream(stream_url, parameters, expect)
 
     def _judge_url(self, step: Step, url: str, role: str) -> None:
-        problems = dx.check_url(url, role, self.options.local)
-        step.data["problems"] = [asdict(p) for p in problems]
-        fatal = [p.text for p in problems if p.fatal]
-        step.warnings = [p.text for p in problems if not p.fatal]
-        parts = urlsplit(url)
-        if fatal:
-            self._done(step, FAIL, "; ".join(fatal))
-            return
-        if role == STREAM:
-            port = parts.port or (443 if parts.scheme == "wss" else 80)
-            summary = f"{parts.scheme}://, no query string, port {port}, host {parts.hostname}"
-        else:
-            summary = f"{parts.scheme}:// {parts.hostname}" + (f" port {parts.port}" if parts.port else "")
-        self._done(step, WARN if step.warnings else OK, summary)
+        self._record(step, judge.judge_url(url, role, self.options.local))
+
+    def _record(self, step: Step, verdict: judge.Verdict, started: float | None = None) -> Step:
+        step.data.update(verdict.data)
+        step.warnings.extend(w for w in verdict.warnings if w not in step.warnings)
+        return self._done(step, verdict.status, verdict.summary, started)
 
     # One host: resolve, connect, TLS.
 
@@ -427,10 +258,7 @@ class Probe:
                 raise Stop from None
             addresses = sorted({info[4][0] for info in infos})
             step.data["addresses"] = addresses
-            if not target and not self.options.local and all(dx.not_public(a) for a in addresses):
-                step.warnings.append(
-                    f"{host} resolves only to private addresses here; Twilio needs public ones (fine if your public DNS differs)"
-                )
+            step.warnings += judge.resolve_warnings(host, addresses, target is not None, self.options.local)
             self._done(step, WARN if step.warnings else OK, f"{host} -> {', '.join(addresses)}{note}", started)
 
         step = self._add(f"{prefix}connect", "connect", address=f"{host}:{port}", timeout=self.options.timeout, **common)
@@ -594,7 +422,7 @@ class Probe:
             redirects=redirects,
             final_url=signed_url,
         )
-        summary = f"{method} {'signed' if self.signer else 'UNSIGNED'} -> {response.code} {content_type or '(no Content-Type)'}"
+        summary = judge.webhook_summary(method, self.signer is not None, response.code, content_type)
         if not self.signer:
             step.warnings.append("no --auth-token: the request was not signed, as Twilio's always is")
         if not 200 <= response.code < 300:
@@ -608,14 +436,12 @@ class Probe:
         step = self._add("twiml", "twiml")
         twiml = dx.read_twiml(headers_of(response).get("content-type"), body)
         step.data.update(twiml.as_dict())
-        step.warnings = list(twiml.notes)
+        verdict, expect = judge.judge_twiml(twiml, self.options.expect)
         if twiml.problem:
             step.data["excerpt"] = body[:200].decode("utf-8", "replace").strip()
-            self._done(step, FAIL, twiml.reason)
+        self._record(step, verdict)
+        if verdict.status == FAIL:
             raise Stop
-        names = ", ".join(twiml.parameters) or "none"
-        self._done(step, WARN if twiml.verb == "Start" else OK, f"{twiml.reason} with <Parameter>s: {names}")
-        expect = "none" if twiml.verb == "Start" else self.options.expect
         return twiml.parameters, twiml.stream_url, expect
 
     # The stream.
@@ -724,45 +550,10 @@ class Probe:
             "listen_seconds": min(end - (outcome.opened_at or end), len(sent) * FRAME_MS / 1000 + 1.0),
         }
         media = self._add("media", "media", **data)
-        seconds = len(sent) * FRAME_MS / 1000
-        summary = f"sent {len(sent)} frame(s) ({seconds:.1f} s); {len(received)} media frame(s) came back"
-        if expect == "echo" or echoed:
-            summary += f", {echoed} echoed unchanged"
-        if outcome.marks:
-            summary += f", {len(outcome.marks)} marks"
-        if outcome.foreign:
-            media.warnings.append(f"messages Twilio would not understand (31951): {sorted(set(outcome.foreign))}")
-        failed = (
-            closed_early
-            or (expect == "media" and not received)
-            or (expect == "echo" and (len(received) != len(sent) or echoed != len(sent)))
-        )
-        if closed_early:
-            summary = f"the app closed the stream after {data['open_seconds']:.1f} s (code {outcome.close_code}); " + summary
-        self._done(media, FAIL if failed else (WARN if media.warnings else OK), summary)
+        self._record(media, judge.judge_media(data, list(outcome.foreign), list(outcome.marks)))
         media.seconds = data["open_seconds"]
         stop = self._add("stop", "stop", close_code=outcome.close_code, closed_by_app=outcome.closed_by_server)
-        if not outcome.stop_sent:
-            self._done(stop, SKIP, "not sent: the stream was already closed")
-        elif outcome.closed_by_server:
-            self._done(stop, OK, f"stop sent; the app closed the stream with {outcome.close_code}")
-        else:
-            self._done(stop, OK, f"stop sent; the app did not close within 0.5 s, so Twilio's side closed ({outcome.close_code})")
-
-
-def without_userinfo(url: str) -> str:
-    """The URL Twilio signs and requests: credentials in it are sent as HTTP authentication instead."""
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
-
-
-def redacted(url: str) -> str:
-    """The URL for output: a password in it is shown as ***."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    userinfo, _, host = parts.netloc.rpartition("@")
-    return urlunsplit(parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{host}"))
+        self._record(stop, judge.judge_stop(outcome.stop_sent, outcome.closed_by_server, outcome.close_code))
 
 
 def timed_out(e: Exception) -> bool:
@@ -780,89 +571,3 @@ def _request_error(e: Exception) -> str:
         reasons = [r.getErrorMessage() for r in e.reasons]
         return "the connection broke before a full answer: " + "; ".join(reasons)
     return str(e) or type(e).__name__
-
-
-# The command.
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument(
-        "url", metavar="WEBHOOK_URL", help="the voice webhook URL configured in Twilio, e.g. https://voice.example.com/voice"
-    )
-    parser.add_argument(
-        "--auth-token",
-        help="the Twilio auth token to sign with, as Twilio does (else TWILIO_AUTH_TOKEN; it shows in ps, prefer the variable)",
-    )
-    parser.add_argument("--auth-token-file", metavar="FILE", help="read the auth token from a file")
-    parser.add_argument(
-        "--param", action="append", default=[], metavar="KEY=VALUE", help="a webhook form field to add or replace (repeatable)"
-    )
-    parser.add_argument("--seconds", type=float, default=3.0, help="seconds of 20 ms media frames to send (default 3)")
-    parser.add_argument("--cafile", metavar="FILE", help="trust the CA certificates in this PEM file instead of the system's")
-    parser.add_argument(
-        "--connect-to",
-        action="append",
-        default=[],
-        metavar="HOST:PORT:ADDR:PORT",
-        help="send connections meant for HOST:PORT to ADDR:PORT; SNI and Host stay (curl's meaning, repeatable)",
-    )
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the checklist")
-    parser.add_argument(
-        "--local",
-        action="store_true",
-        help="a developer's daemon (http://127.0.0.1:8080/voice): ws://, TLS, ports and private hosts only warn",
-    )
-    parser.add_argument(
-        "--expect",
-        choices=("media", "echo", "none"),
-        default="media",
-        help="what the app sends back: some media (default), an echo of every frame, or nothing required",
-    )
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for a connection or handshake (default 10)")
-
-
-def options_from(args, environ=os.environ) -> ProbeOptions:
-    try:
-        if args.auth_token is not None:
-            token = Secret(args.auth_token.strip()) or None
-        else:
-            token = read_auth_token(args.auth_token_file, environ)
-        params = name_value_pairs(args.param, "--param")
-    except (ConfigError, ValueError) as e:
-        raise UsageError(str(e)) from None
-    return ProbeOptions(
-        url=args.url,
-        auth_token=token,
-        params=params,
-        seconds=args.seconds,
-        cafile=args.cafile,
-        connect_to=[parse_connect_to(spec) for spec in args.connect_to],
-        local=args.local,
-        expect=args.expect,
-        timeout=args.timeout,
-    )
-
-
-def run(args) -> int:
-    from twisted.internet import task
-
-    try:
-        options = options_from(args)
-    except UsageError as e:
-        print(f"voicebridge probe: {e}", file=sys.stderr)
-        return 2
-
-    async def main(reactor):
-        try:
-            report = await Probe(reactor, options).run()
-        except Exception:
-            import traceback
-
-            traceback.print_exc()
-            print("voicebridge probe: internal error (above); please report it", file=sys.stderr)
-            raise SystemExit(3) from None
-        print(json.dumps(report.as_json(), indent=2) if args.json else report.text())
-        raise SystemExit(report.exit_status)
-
-    task.react(lambda reactor: defer.Deferred.fromCoroutine(main(reactor)))
-    return 3  # react exits; reaching here means the reactor could not run
