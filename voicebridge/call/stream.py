@@ -14,6 +14,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
+from voicebridge.call import streamwatch
 from voicebridge.call.call import CLOSE_HANDSHAKE_TIMEOUT, CLOSE_NORMAL
 from voicebridge.fastpath.wsfast import FastTextFrames
 from voicebridge.observe.logs import mask_url, printable
@@ -55,6 +56,11 @@ class StreamResource(Resource):
         self.registry = factory.registry
         self.admission = admission
         self.urls = urls
+        self.streams = factory.streams = admission.streams  # what /twilio-media saw, for missing streams
+
+    def _saw(self, kind, reason=None, detail=None) -> None:
+        if self.streams is not None:
+            self.streams.saw(kind, reason, detail)
 
     def render(self, request):
         view = RequestView.of(request)
@@ -76,6 +82,7 @@ class StreamResource(Resource):
             xfp=printable(view.forwarded_proto),
             signed="present" if request.getHeader(b"x-twilio-signature") else "absent",
         )
+        self._saw(streamwatch.REQUEST)
         if request.method != b"GET":
             request.setHeader(b"Allow", b"GET")
             return self._refuse(
@@ -108,6 +115,7 @@ class StreamResource(Resource):
 
     def _upgrade_missing(self, request, client, upgrade, connection):
         self.registry.handshake_refused("upgrade-missing")
+        self._saw(streamwatch.NO_UPGRADE)
         note = "" if connection is None else f' (Connection: "{printable(connection, 60)}")'
         log.warn(
             "stream request without 'Upgrade: websocket' from {client} (upgrade={upgrade}, connection={connection}): "
@@ -126,6 +134,7 @@ class StreamResource(Resource):
 
     def _refuse(self, request, client, status, reason, message, diagnosis=None):
         self.registry.handshake_refused(reason)
+        self._saw(streamwatch.REFUSED, reason, message)
         log.warn(
             "stream handshake refused client={client} status={status} reason={reason}: {message}",
             event_name="handshake.refused",
@@ -148,6 +157,7 @@ class MediaStreamProtocol(FastTextFrames, WebSocketServerProtocol):
     """
 
     call = None
+    opened_stream = False
 
     def onConnect(self, request):
         peer = self.transport.getPeer()
@@ -163,6 +173,9 @@ class MediaStreamProtocol(FastTextFrames, WebSocketServerProtocol):
         return None
 
     def onOpen(self):
+        self.opened_stream = True
+        if self.factory.streams is not None:
+            self.factory.streams.saw(streamwatch.ACCEPTED)
         self.text_sink = self.call.text_received  # what onMessage does for text, without the hops
         self.call.opened()
         self.call.guards.watch(self.transport)
@@ -179,6 +192,8 @@ class MediaStreamProtocol(FastTextFrames, WebSocketServerProtocol):
         if self.call is not None:
             if self.closedByMe and self.localCloseCode:
                 code, reason = self.localCloseCode, self.localCloseReason
+            if not self.call.start_received and self.opened_stream and self.factory.streams is not None:
+                self.factory.streams.saw(streamwatch.CLOSED_BEFORE_START)
             self.call.connection_lost(code, reason, failed=self.failedByMe)
             self.call = self.text_sink = None
 
@@ -209,6 +224,7 @@ class MediaStreamProtocol(FastTextFrames, WebSocketServerProtocol):
 
 class MediaStreamFactory(WebSocketServerFactory):
     protocol = MediaStreamProtocol
+    streams = None  # call/streamlog.WatchedStreams, set by StreamResource
 
     def __init__(self, registry, urls, settings):
         super().__init__(server="voicebridge")

@@ -95,6 +95,8 @@ class VoiceWebhook(TwilioRequest):
                 problem=printable(problem, 200),
             )
         self._warn_stream_url(stream_url)
+        if self.admission.streams is not None:
+            self.admission.streams.answered(fields.get("CallSid"), tenant.id if tenant is not None else None, stream_url)
         log.info(
             "webhook callSid={callSid} from={from_} to={to} status={status} tenant={tenant} answered stream url {stream_url} "
             "with parameters {names}",
