@@ -32,9 +32,13 @@ Twilio always sends it, so a proxy in front of voicebridge removed it: the Upgra
 Connection headers are hop-by-hop and proxies drop them unless told to pass them on.
 
 For nginx, in the location that proxies to voicebridge:
+    proxy_pass {upstream};   # this daemon, as the proxy reached it
     proxy_http_version 1.1;
     proxy_set_header Upgrade $http_upgrade;
     proxy_set_header Connection $connection_upgrade;   # map $http_upgrade $connection_upgrade
+    proxy_set_header Host $host;
+    proxy_set_header X-Forwarded-Proto $scheme;            # a location that sets headers must repeat these
+    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
     proxy_read_timeout 3600s;
 
 Twilio reports this as error 31920 (WebSocket handshake failed).
@@ -115,7 +119,9 @@ class StreamResource(Resource):
 
     def _upgrade_missing(self, request, client, upgrade, connection):
         self.registry.handshake_refused("upgrade-missing")
-        self._saw(streamwatch.NO_UPGRADE)
+        local = request.getHost()
+        upstream = f"http://{getattr(local, 'host', '127.0.0.1')}:{getattr(local, 'port', 8080)}"
+        self._saw(streamwatch.NO_UPGRADE, detail=upstream)
         note = "" if connection is None else f' (Connection: "{printable(connection, 60)}")'
         log.warn(
             "stream request without 'Upgrade: websocket' from {client} (upgrade={upgrade}, connection={connection}): "
@@ -130,7 +136,7 @@ class StreamResource(Resource):
         request.setHeader(b"Connection", b"Upgrade")
         request.setHeader(DIAGNOSIS_HEADER, b"upgrade-missing")
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-        return _UPGRADE_MISSING.format(connection_note=note).encode("utf-8")
+        return _UPGRADE_MISSING.format(connection_note=note, upstream=upstream).encode("utf-8")
 
     def _refuse(self, request, client, status, reason, message, diagnosis=None):
         self.registry.handshake_refused(reason)

@@ -39,9 +39,9 @@ REQUEST, NO_UPGRADE, REFUSED, ACCEPTED, CLOSED_BEFORE_START, STARTED = (
 )
 
 NGINX_LINES = (
-    "proxy_http_version 1.1; proxy_set_header Upgrade $http_upgrade; "
+    "proxy_pass {upstream}; proxy_http_version 1.1; proxy_set_header Upgrade $http_upgrade; "
     "proxy_set_header Connection $connection_upgrade; (with map $http_upgrade $connection_upgrade "
-    "{ default upgrade; '' close; } in http { })"
+    "{{ default upgrade; '' close; }} in http {{ }})"
 )
 
 
@@ -103,7 +103,8 @@ def layer(seen: Counter, stream_url: str, details: dict) -> tuple[str, str]:
         return (
             "upgrade-stripped",
             f"{seen[NO_UPGRADE]} request(s) reached /twilio-media without 'Upgrade: websocket': a proxy in front of "
-            f"the daemon strips the upgrade headers. nginx, in the location for /twilio-media: {NGINX_LINES}",
+            "the daemon strips the upgrade headers. nginx, in the location for /twilio-media: "
+            + NGINX_LINES.format(upstream=details.get(NO_UPGRADE) or "http://APP_HOST:APP_PORT"),
         )
     if refusals:
         reason, count = refusals.most_common(1)[0]

@@ -75,7 +75,19 @@ CODES: dict[str, Code] = {
             "tls-handshake-failed",
             "11220 SSL/TLS handshake error",
             "31910 TLS error",
-            "No TLS handshake at all: plain HTTP on a TLS port, no shared protocol or cipher, an alert.",
+            "No TLS handshake at all: no shared protocol or cipher, an alert, a closed connection.",
+        ),
+        _code(
+            "no-tls",
+            "11220 SSL/TLS handshake error",
+            "31910 TLS error",
+            "An https:// or wss:// URL points at a port that answers plain HTTP: no TLS there.",
+        ),
+        _code(
+            "upstream-unreachable",
+            "11200 HTTP retrieval failure (502/503/504 from the proxy)",
+            "31920 WebSocket handshake error",
+            "A proxy or platform edge answers 502/503/504: the app behind it is down, or listens elsewhere.",
         ),
         _code(
             "url-not-public",

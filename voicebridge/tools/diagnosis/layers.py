@@ -6,6 +6,9 @@ from voicebridge.tools.diagnosis.handshake import handshake_verdict
 from voicebridge.tools.diagnosis.steps import Step
 from voicebridge.twilio.urls import URLProblem
 
+# What a proxy answers when the app behind it does not (voicebridge's own 503s say why in a header).
+UPSTREAM_STATUSES = (502, 503, 504)
+
 
 def url_code(problems) -> str | None:
     kinds = [p.kind for p in problems if p.fatal]
@@ -24,13 +27,15 @@ def code_for(step: Step) -> str:
         return {"refused": "connection-refused", "timeout": "connect-timeout"}.get(data.get("error"), "connection-failed")
     if layer == "tls":
         problem = data.get("problem") or "handshake-failed"
-        return f"tls-{problem}"
+        return "no-tls" if problem == "no-tls" else f"tls-{problem}"
     if layer in ("url", "stream-url"):
         return url_code([URLProblem(**p) for p in data.get("problems", [])]) or "url-not-public"
     if layer == "webhook":
         status = data.get("status")
         if status in (404, 410):
             return "webhook-not-found"
+        if status in UPSTREAM_STATUSES and not data.get("diagnosis_header"):
+            return "upstream-unreachable"
         if status == 403 or (status == 401 and not data.get("www_authenticate")):
             return "webhook-error" if data.get("diagnosis_header") == "development-mode" else "signature-rejected"
         return "webhook-error"
@@ -39,6 +44,9 @@ def code_for(step: Step) -> str:
     if layer == "handshake":
         if data.get("connect_error"):
             return {"refused": "connection-refused", "timeout": "connect-timeout"}.get(data["connect_error"], "connection-failed")
+        upgrade = (data.get("answers") or {}).get("upgrade") or {}
+        if upgrade.get("status") in UPSTREAM_STATUSES and not (upgrade.get("headers") or {}).get("x-voicebridge-diagnosis"):
+            return "upstream-unreachable"
         return handshake_verdict(data).code
     if layer == "media":
         return "stream-closed-early" if data.get("closed_early") else "no-media-back"

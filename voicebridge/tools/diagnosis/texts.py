@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit, urlunsplit
+
 from voicebridge.tools.diagnosis.handshake import HTTPAnswer, handshake_verdict
 from voicebridge.tools.diagnosis.layers import code_for
 from voicebridge.tools.diagnosis.steps import FAIL, OK, STREAM, Step, find_step, role_of
@@ -10,15 +12,21 @@ NGINX_UPGRADE = """\
 In the nginx location that proxies {path} (the map goes in http {{ }}):
     map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
     location {path} {{
-        proxy_pass http://127.0.0.1:8080;
+        proxy_pass {upstream};
         proxy_http_version 1.1;
         proxy_set_header Upgrade $http_upgrade;
         proxy_set_header Connection $connection_upgrade;
         proxy_set_header Host $host;
+        proxy_set_header X-Forwarded-Proto $scheme;
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_set_header X-Forwarded-Host $host;
         proxy_read_timeout 3600s;
     }}
 Other proxies and platforms: turn on WebSocket support for this route and make sure the proxy
-speaks HTTP/1.1 to the app; then run the probe again."""
+speaks HTTP/1.1 to the app; then run the probe again. (A location that sets any header of its own
+no longer inherits the server's proxy_set_header lines: repeat the X-Forwarded-* ones, as above.)"""
+
+UPSTREAM_PLACEHOLDER = "http://APP_HOST:APP_PORT"  # the probe cannot see behind the proxy
 
 
 def _where(step: Step) -> str:
@@ -99,6 +107,18 @@ def _tls(kind):
         return message, fixes[kind]
 
     return explain
+
+
+def _no_tls(step, steps, local):
+    data = step.data
+    host = data.get("hostname", "?")
+    return (
+        f"{host} ({_where(step)}) answers plain HTTP on a port the URL says is TLS ({data.get('reason', '')}): an "
+        "https:// or wss:// URL pointed at an http port.",
+        "Point the URL at the port that terminates TLS (443 on the proxy or platform edge), or serve TLS on this one "
+        "(voicebridge: --listen ssl:443:privateKey=privkey.pem:certKey=fullchain.pem; nginx: listen 443 ssl). For a "
+        "local daemon without TLS, probe http://... with --local.",
+    )
 
 
 def _url_not_public(step, steps, local):
@@ -189,6 +209,74 @@ def _webhook_fix(data) -> str:
     return "Answer 200 with TwiML; Twilio treats any other status as a failed webhook."
 
 
+ROUTES = ("/voice", "/twilio-media", "/connect-action")
+
+
+def _base(url: str) -> str:
+    """The --public-url for a webhook URL: the URL without its query and its route (/voice)."""
+    parts = urlsplit(url)
+    path = parts.path
+    for route in ROUTES:
+        if path.endswith(route):
+            path = path[: -len(route)]
+            break
+    return urlunsplit((parts.scheme, parts.netloc, path.rstrip("/"), "", ""))
+
+
+def _same_url(a: str, b: str) -> bool:
+    pa, pb = urlsplit(a), urlsplit(b)
+    default = {"https": 443, "http": 80}
+    port_a, port_b = pa.port or default.get(pa.scheme), pb.port or default.get(pb.scheme)
+    return (pa.scheme, (pa.hostname or "").lower(), port_a, pa.path.rstrip("/"), pa.query) == (
+        pb.scheme,
+        (pb.hostname or "").lower(),
+        port_b,
+        pb.path.rstrip("/"),
+        pb.query,
+    )
+
+
+def signature_cause(signed: str, checked: str) -> tuple[str, str, str]:
+    """(cause, message, fix) when voicebridge says which URL it checked (its 403 body) and the probe signed ``signed``.
+
+    Causes: ``token`` (the same URL: the tokens differ), ``no-public-url-behind-tls`` (the daemon saw http://
+    where Twilio uses https://), ``public-url-has-route`` (a pasted webhook URL as --public-url), and
+    ``wrong-public-url`` (another host or prefix).
+    """
+    s, c = urlsplit(signed), urlsplit(checked)
+    if _same_url(signed, checked):
+        return (
+            "token",
+            f"voicebridge checked the signature against {checked}, the same URL the probe signed: the auth tokens differ.",
+            "Give the daemon the auth token of the account that owns the number (the main account's, not a "
+            "subaccount's or an API key's secret), in TWILIO_AUTH_TOKEN or the daemon's token file; and give the "
+            "probe that same token.",
+        )
+    if c.scheme == "http" and s.scheme == "https" and (c.hostname or "").lower() == (s.hostname or "").lower():
+        return (
+            "no-public-url-behind-tls",
+            f"voicebridge checked the signature against {checked}, but Twilio signs {signed}: the daemon runs behind "
+            "a proxy that terminates TLS, and without --public-url it took the scheme from the request (http).",
+            f"Start the daemon with --public-url {_base(signed)}; or let it believe the proxy's X-Forwarded-Proto: "
+            "--trusted-proxy PROXY_ADDRESS, with the proxy sending proxy_set_header X-Forwarded-Proto $scheme (nginx).",
+        )
+    route = next((r for r in ROUTES if c.path.rstrip("/").endswith(r + s.path.rstrip("/")) and s.path.endswith(ROUTES)), None)
+    if route is not None:
+        return (
+            "public-url-has-route",
+            f"voicebridge checked the signature against {checked}, but Twilio signs {signed}: its --public-url "
+            f"ends in {route}, a route of the daemon (a pasted webhook URL), so every route is looked for under it.",
+            f"Give --public-url the base only: --public-url {_base(signed)} (not {_base(checked) + route}).",
+        )
+    return (
+        "wrong-public-url",
+        f"voicebridge checked the signature against {checked}, but Twilio signs {signed}, the URL configured in "
+        "Twilio: the daemon's --public-url (or, without it, the Host the proxy passes) names another URL.",
+        f"Start the daemon with --public-url {_base(signed)}, the base of the webhook URL configured in Twilio "
+        "(nginx without it: proxy_set_header Host $host).",
+    )
+
+
 def _signature(step, steps, local):
     data = step.data
     url = data.get("url", "")
@@ -197,12 +285,34 @@ def _signature(step, steps, local):
             f"{url} refused the probe's unsigned request with {data.get('status')}: the app checks X-Twilio-Signature.",
             "Pass the account's auth token (--auth-token or TWILIO_AUTH_TOKEN) so the probe signs like Twilio.",
         )
+    if data.get("checked_url"):
+        _, message, fix = signature_cause(url, data["checked_url"])
+        return message, fix
     return (
         f"{url} refused the signed request with {data.get('status')}: the signature Twilio would send does not match "
         "what the app computes.",
         "Either the app holds another auth token (the main account's, not a subaccount's or an API key's), or it "
         "checks the signature against another URL: behind a proxy the app sees http:// and its internal host. "
         f"voicebridge: --public-url must be exactly the base of {url}. Other apps: validate against the public URL.",
+    )
+
+
+def _upstream(step, steps, local):
+    data = step.data
+    if step.layer == "handshake":
+        answer = (data.get("answers") or {}).get("upgrade") or {}
+        status, server, url = answer.get("status"), (answer.get("headers") or {}).get("server"), data.get("url", "")
+    else:
+        status, server, url = data.get("status"), data.get("server"), data.get("url", "")
+    by = f" ({server})" if server else ""
+    return (
+        f"{url} answered {status} from the proxy in front of the app{by}: the proxy is up, but the app behind it did "
+        "not answer (it is down, crashed, or listens on another port or address).",
+        "Check the app is running (the platform's logs: a crash at start, a failing health check), and that it listens "
+        "where the proxy sends requests: on Railway, Render and Fly.io the app must listen on $PORT (voicebridge does "
+        "when PORT is set; an explicit --listen must say tcp:$PORT) and on 0.0.0.0, not 127.0.0.1 (no "
+        "interface=127.0.0.1 in --listen); fly.toml's internal_port must be that port. nginx: the proxy_pass address "
+        "must be where the app listens (the nginx error log says 'connect() failed ... while connecting to upstream').",
     )
 
 
@@ -233,7 +343,8 @@ def _handshake(code):
                 f"The WebSocket upgrade to {url} never reached the app: {verdict.reason}. A proxy in front of it "
                 "(the edge, the platform's router, nginx) removed the Upgrade and Connection headers, which are "
                 "hop-by-hop and dropped unless the proxy is told to pass them.",
-                NGINX_UPGRADE.format(path=path),
+                NGINX_UPGRADE.format(path=path, upstream=data.get("upstream") or UPSTREAM_PLACEHOLDER)
+                + ("" if data.get("upstream") else "\n(APP_HOST:APP_PORT: the address your location / already proxy_passes to.)"),
             )
         if code == "stream-path-not-found":
             caveat = (
@@ -311,6 +422,8 @@ TEXTS = {
     "webhook-not-found": _webhook_not_found,
     "webhook-error": _webhook_error,
     "signature-rejected": _signature,
+    "upstream-unreachable": _upstream,
+    "no-tls": _no_tls,
     "not-twiml": _twiml,
     "no-stream-in-twiml": _no_stream,
     "stream-url-not-wss": _not_wss,

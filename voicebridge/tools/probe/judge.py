@@ -6,6 +6,7 @@ names the run's failing layer from the steps. Every rule is tested without a pro
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from urllib.parse import urlsplit
 
@@ -115,3 +116,19 @@ def plain_http_answer(head: bytes) -> str | None:
     if "https port" in text.lower() or status_line.split(" ")[1:2] == ["497"]:
         return None
     return status_line
+
+
+_CHECKED = re.compile(rb"does not match url (\S+) with")
+_UPSTREAM = re.compile(rb"proxy_pass (https?://[\w.:\[\]-]+);\s+# this daemon")
+
+
+def checked_url(body: bytes) -> str | None:
+    """The URL voicebridge checked a webhook signature against, from its 403 answer."""
+    match = _CHECKED.search(body)
+    return match.group(1).decode("latin-1") if match else None
+
+
+def upstream_of(body: bytes) -> str | None:
+    """The daemon's own address as the proxy reached it, from voicebridge's 426 answer: the nginx snippet names it."""
+    match = _UPSTREAM.search(body)
+    return match.group(1).decode("latin-1") if match else None

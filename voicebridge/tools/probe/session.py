@@ -46,6 +46,8 @@ MAX_REDIRECTS = 10
 MAX_BODY = 1024 * 1024
 USER_AGENT = "TwilioProxy/1.1 (voicebridge probe)"
 REDIRECTS = (301, 302, 303, 307, 308)
+PLAIN_HTTP_AFTER = 1.0  # a TLS handshake not done by then: ask the port in plain HTTP (a TLS port answers in ms)
+PLAIN_HTTP_WAIT = 3.0
 
 
 # I/O helpers.
@@ -123,7 +125,7 @@ def tls_error_text(failure, timeout: float) -> str:
     if failure.check(defer.TimeoutError, error.TimeoutError):
         return f"no TLS handshake within {timeout:g} s: the port does not seem to speak TLS"
     value = failure.value
-    errors = getattr(value, "args", [None])[0]
+    errors = (getattr(value, "args", None) or [None])[0]
     if isinstance(errors, list) and errors and isinstance(errors[0], tuple):
         return "; ".join(str(e[-1]) for e in errors if e and e[-1]) or str(value)
     if failure.check(error.ConnectionDone, error.ConnectionLost):
@@ -280,16 +282,30 @@ class Probe:
         step = self._add(f"{prefix}tls", "tls", hostname=origin.host, **common)
         started = self.reactor.seconds()
         inspector = InspectingTLS(origin.host, self.options.cafile)
-        try:
-            await self._handshake(origin, host, port, inspector)
-        except Exception as e:  # noqa: BLE001
-            failure = Failure(e)
+        handshake = self._handshake(origin, host, port, inspector)
+        outcome: list = []
+        settled = defer.Deferred()
+        handshake.addBoth(lambda result: (outcome.append(result), settled.called or settled.callback(None)))
+        # A port without TLS may sit on a ClientHello until its own timeout: after a moment, ask it in plain HTTP.
+        plain = await self._plain_http_meanwhile(settled, host, port, origin)
+        if plain is not None:
+            handshake.cancel()
+            reason = f"a plain HTTP request got {plain!r}"
+            step.data.update(problem="no-tls", reason=reason, problems=[reason])
+            return self._tls_failed(step, origin, reason, started)
+        await settled
+        if isinstance(outcome[0], Failure):
+            failure = outcome[0]
             if inspector.connection is not None and inspector.connection.get_peer_certificate() is not None:
                 findings = inspector.findings()
             else:
                 findings = None
             reason = tls_error_text(failure, self.options.timeout)
-            step.data.update(problem="handshake-failed", reason=reason, problems=[reason])
+            plain = await self._plain_http(host, port, origin)
+            problem = "no-tls" if plain is not None else "handshake-failed"
+            if plain is not None:
+                reason = f"a plain HTTP request got {plain!r} ({reason})"
+            step.data.update(problem=problem, reason=reason, problems=[reason])
             if findings is not None:
                 step.data["chain"] = findings.chain
             return self._tls_failed(step, origin, reason, started)
@@ -299,16 +315,60 @@ class Probe:
             return self._tls_failed(step, origin, findings.reason, started)
         leaf = findings.chain[0]
         self._tls[origin] = self._verified(origin)
+        if self.options.cafile:
+            public = InspectingTLS(origin.host)
+            try:
+                await self._handshake(origin, host, port, public)
+                step.warnings += judge.tls_warnings(self.options.cafile, bool(public.findings().problem))
+            except Exception:  # noqa: BLE001 - the verdict stands on the first handshake
+                pass
         self._done(
             step,
-            OK,
+            WARN if step.warnings else OK,
             f"{findings.protocol}; certificate for {', '.join(findings.names[:3]) or leaf['subject']} issued by "
             f"{leaf['issuer']}, expires {leaf['not_after'][:10]}; {len(findings.chain)} certificate(s) sent",
             started,
         )
 
+    async def _plain_http_meanwhile(self, settled, host: str, port: int, origin: Origin) -> str | None:
+        waited = defer.Deferred()
+        timer = self.reactor.callLater(PLAIN_HTTP_AFTER, lambda: waited.called or waited.callback(None))
+        settled.addBoth(lambda result: (waited.called or waited.callback(None), result)[1])
+        await waited
+        if settled.called:
+            if timer.active():
+                timer.cancel()
+            return None
+        return await self._plain_http(host, port, origin)
+
+    async def _plain_http(self, host: str, port: int, origin: Origin) -> str | None:
+        """The status line if ``host:port`` answers a plain HTTP request as an HTTP server would."""
+        endpoint = endpoint_for(self.reactor, f"http://{origin}/", connect_to=(host, port), timeout=PLAIN_HTTP_WAIT)
+        head = defer.Deferred()
+        request = f"HEAD / HTTP/1.0\r\nHost: {origin.host}\r\nUser-Agent: {USER_AGENT}\r\n\r\n".encode("latin-1")
+
+        class Sniff(protocol.Protocol):
+            def connectionMade(self):
+                self.transport.write(request)
+
+            def dataReceived(self, data):
+                if not head.called:
+                    head.callback(data)
+                self.transport.loseConnection()
+
+            def connectionLost(self, reason):
+                if not head.called:
+                    head.callback(b"")
+
+        try:
+            await endpoint.connect(protocol.Factory.forProtocol(Sniff)).addTimeout(PLAIN_HTTP_WAIT, self.reactor)
+            data = await head.addTimeout(PLAIN_HTTP_WAIT, self.reactor)
+        except Exception:  # noqa: BLE001 - no answer: nothing to conclude
+            return None
+        return judge.plain_http_answer(data)
+
     def _tls_failed(self, step: Step, origin: Origin, reason: str, started: float) -> None:
-        if self.options.local:
+        if judge.tls_failure_status(step.data.get("problem", ""), self.options.local) == WARN:
             step.warnings.append(f"{reason} (accepted because of --local; Twilio would refuse it)")
             self._tls[origin] = InspectingTLS(origin.host, self.options.cafile)
             self._done(step, WARN, f"{dx.code_for(step)}: {reason}", started)
@@ -419,6 +479,8 @@ class Probe:
             content_type=content_type,
             diagnosis_header=headers_in.get("x-voicebridge-diagnosis"),
             www_authenticate=headers_in.get("www-authenticate"),
+            server=headers_in.get("server"),
+            checked_url=judge.checked_url(content) if headers_in.get("x-voicebridge-diagnosis") else None,
             redirects=redirects,
             final_url=signed_url,
         )
@@ -484,6 +546,7 @@ class Probe:
             sibling = sibling_path(path, self._token)
             answers = await self._compare(stream_url, path, sibling, tls, route)
             step.data.update(path=path, sibling=sibling, answers={"upgrade": upgrade.as_dict(), **answers})
+            step.data["upstream"] = judge.upstream_of(outcome.handshake_body or b"")
             verdict = dx.handshake_verdict(step.data)
             shown = upgrade.status if upgrade.status is not None else "no answer"
             self._done(step, FAIL, f"GET {path} with Upgrade -> {shown}: {verdict.reason}", started)
