@@ -118,3 +118,12 @@ def test_pending_calls_are_bounded():
 def test_the_probe_command_names_the_daemons_public_webhook():
     assert sw.probe_command("wss://h.example/vb/twilio-media") == "TWILIO_AUTH_TOKEN=... voicebridge probe https://h.example/vb/voice"
     assert sw.probe_command("ws://127.0.0.1:8080/twilio-media").endswith("probe http://127.0.0.1:8080/voice --local")
+
+
+def test_a_refused_upgrade_outranks_plain_gets_and_a_rewritten_connection_is_stripping():
+    mixed = episode((sw.REQUEST,), (sw.NO_UPGRADE,), (sw.REFUSED, "signature-invalid", "matches none of wss://i/twilio-media"))
+    assert mixed["layer"] == "handshake-signature-invalid"  # the upgrade headers pass; the plain GET was someone else's
+    rewritten = episode((sw.REQUEST,), (sw.REFUSED, "connection-upgrade-missing", "Connection: close"))
+    assert rewritten["layer"] == "upgrade-stripped"
+    wrong_method = episode((sw.REQUEST,), (sw.REFUSED, "method-not-allowed", "POST"))
+    assert wrong_method["layer"] == "streams-lost"

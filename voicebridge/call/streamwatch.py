@@ -99,13 +99,10 @@ def layer(seen: Counter, stream_url: str, details: dict) -> tuple[str, str]:
     """
     host = urlsplit(stream_url).hostname or stream_url
     refusals = Counter({k.split(":", 1)[1]: v for k, v in seen.items() if k.startswith(REFUSED + ":")})
-    if seen.get(NO_UPGRADE):
-        return (
-            "upgrade-stripped",
-            f"{seen[NO_UPGRADE]} request(s) reached /twilio-media without 'Upgrade: websocket': a proxy in front of "
-            "the daemon strips the upgrade headers. nginx, in the location for /twilio-media: "
-            + NGINX_LINES.format(upstream=details.get(NO_UPGRADE) or "http://APP_HOST:APP_PORT"),
-        )
+    # A refused handshake that carried its upgrade headers says they pass: that refusal is the layer, even if
+    # plain GETs (a probe's, a browser's) also came. Not counted as such: a wrong method, a rewritten Connection.
+    stripped = seen.get(NO_UPGRADE, 0) + refusals.pop("connection-upgrade-missing", 0)
+    refusals.pop("method-not-allowed", None)
     if refusals:
         reason, count = refusals.most_common(1)[0]
         detail = details.get(f"{REFUSED}:{reason}", "")
@@ -121,6 +118,13 @@ def layer(seen: Counter, stream_url: str, details: dict) -> tuple[str, str]:
         else:
             why = detail or reason
         return (f"handshake-{reason}", f"{count} stream handshake(s) reached /twilio-media and were refused ({reason}): {why}")
+    if stripped:
+        return (
+            "upgrade-stripped",
+            f"{stripped} request(s) reached /twilio-media without 'Upgrade: websocket' (or 'Connection: upgrade'): a "
+            "proxy in front of the daemon strips the upgrade headers. nginx, in the location for /twilio-media: "
+            + NGINX_LINES.format(upstream=details.get(NO_UPGRADE) or "http://APP_HOST:APP_PORT"),
+        )
     if seen.get(CLOSED_BEFORE_START):
         return (
             "closed-before-start",
