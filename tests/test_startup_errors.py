@@ -39,7 +39,7 @@ def assert_one_line(status: int, output: str, *needles: str) -> None:
 @pytest.mark.parametrize(
     "listen, needles",
     [
-        ("garbage", ("--listen 'garbage'", "tcp:PORT", "e.g. --listen tcp:8080")),
+        ("garbage", ("--listen 'garbage'", "not garbage:", "tcp:PORT", "e.g. --listen tcp:8080")),
         ("8080", ("--listen '8080'", "--listen tcp:8080")),
         ("tpc:8080", ("did you mean tcp:...",)),
         ("tcp:notaport", ("--listen tcp:notaport", "'notaport' is not a TCP port number")),

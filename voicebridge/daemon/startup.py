@@ -72,11 +72,21 @@ def check_listen(description: str, has_interface=interface_exists) -> None:
         if not os.path.isdir(directory):
             raise ListenError(f"{where}: directory {directory} does not exist; create it or pick another path")
         return
+    if kind in plugin_types():
+        return  # an endpoint type a Twisted plugin serves (txtorcon's onion:, ...): Twisted checks it
     near = difflib.get_close_matches(kind, ["tcp", "tcp6", "ssl", "unix", "systemd"], n=1)
     hint = f" (did you mean {near[0]}:...?)" if near else ""
-    if ":" not in description and description.isdigit():
-        hint = f" (a bare port: --listen tcp:{description})"
-    raise ListenError(f"{where} is not a listening endpoint{hint}; use one of {FORMS}, e.g. --listen tcp:8080")
+    if description.strip().isdigit():
+        hint = f" (a bare port: --listen tcp:{description.strip()})"
+    raise ListenError(f"{where}: an endpoint begins with its type, not {kind}:{hint}; use one of {FORMS}, e.g. --listen tcp:8080")
+
+
+def plugin_types() -> set[str]:
+    """Endpoint types installed Twisted plugins add (``IStreamServerEndpointStringParser.prefix``)."""
+    from twisted.internet.interfaces import IStreamServerEndpointStringParser
+    from twisted.plugin import getPlugins
+
+    return {str(p.prefix).lower() for p in getPlugins(IStreamServerEndpointStringParser)}
 
 
 def bind_error(description: str, error: Exception) -> str:
