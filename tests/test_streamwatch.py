@@ -127,3 +127,21 @@ def test_a_refused_upgrade_outranks_plain_gets_and_a_rewritten_connection_is_str
     assert rewritten["layer"] == "upgrade-stripped"
     wrong_method = episode((sw.REQUEST,), (sw.REFUSED, "method-not-allowed", "POST"))
     assert wrong_method["layer"] == "streams-lost"
+
+
+def test_the_rules_are_pure_and_the_webhook_imports_no_tool():
+    import subprocess
+    import sys
+
+    from tests.daemon import REPO, source_env
+
+    code = (
+        "import sys, importlib\n"
+        "for name in ('voicebridge.twilio.urls', 'voicebridge.call.streamwatch', 'voicebridge.tools.diagnosis'):\n"
+        "    importlib.import_module(name)\n"
+        "assert 'twisted' not in sys.modules, 'pure modules imported Twisted'\n"
+        "import voicebridge.web.webhook, voicebridge.web.site\n"
+        "assert not [m for m in sys.modules if m.startswith('voicebridge.tools')], 'the daemon imported a tool'\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=source_env(), cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
