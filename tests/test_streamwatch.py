@@ -135,13 +135,16 @@ def test_the_rules_are_pure_and_the_webhook_imports_no_tool():
 
     from tests.daemon import REPO, source_env
 
-    code = (
+    pure = (
         "import sys, importlib\n"
         "for name in ('voicebridge.twilio.urls', 'voicebridge.call.streamwatch', 'voicebridge.tools.diagnosis'):\n"
         "    importlib.import_module(name)\n"
         "assert 'twisted' not in sys.modules, 'pure modules imported Twisted'\n"
-        "import voicebridge.web.webhook, voicebridge.web.site\n"
+    )
+    daemon = (
+        "import sys, voicebridge.web.webhook, voicebridge.web.site, voicebridge.daemon.tap\n"
         "assert not [m for m in sys.modules if m.startswith('voicebridge.tools')], 'the daemon imported a tool'\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], env=source_env(), cwd=REPO, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
+    for code in (pure, daemon):
+        out = subprocess.run([sys.executable, "-c", code], env=source_env(), cwd=REPO, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
