@@ -18,7 +18,7 @@ from tests.test_probe import HOST, WEBHOOK, assert_diagnosis, run_probe, server
 from voicebridge.tools.diagnosis.texts import signature_cause
 from voicebridge.tools.probe import ConnectTo, ProbeOptions
 
-NAMES = ("wrong-public-url", "no-public-url", "right-url", "down", "app")
+NAMES = ("wrong-public-url", "no-public-url", "right-url", "down", "app", "stream-down")
 
 
 class Site:
@@ -47,10 +47,20 @@ class Site:
                 "right-url": self.daemons["plain"].port,
                 "down": free_port(),  # nothing listens there: nginx answers 502
                 "app": self.app.address,
+                "stream-down": self.daemons["plain"].port,
             }
-            body = "map $http_upgrade $connection_upgrade { default upgrade; '' close; }\n" + "\n".join(
-                server(self.ports[name], good.fullchain, good.key, upstreams[name]) for name in NAMES
+            blocks = [server(self.ports[name], good.fullchain, good.key, upstreams[name]) for name in NAMES[:-1]]
+            # The webhook reaches the daemon; /twilio-media goes to a port where nothing listens (502).
+            blocks.append(
+                server(
+                    self.ports["stream-down"],
+                    good.fullchain,
+                    good.key,
+                    upstreams["stream-down"],
+                    extra=f"location /twilio-media {{ proxy_pass http://127.0.0.1:{free_port()}; }}",
+                )
             )
+            body = "map $http_upgrade $connection_upgrade { default upgrade; '' close; }\n" + "\n".join(blocks)
             self.nginx = Nginx(directory / "nginx", body, list(self.ports.values())).start()
         except BaseException:
             self.stop()
@@ -188,3 +198,27 @@ def test_the_stripped_upgrade_fix_names_the_daemons_own_address(tmp_path, start_
     assert_diagnosis(report, "upgrade-stripped")
     assert f"proxy_pass http://127.0.0.1:{daemon.port};" in report.diagnosis.fix
     assert "proxy_set_header X-Forwarded-Proto $scheme;" in report.diagnosis.fix
+
+
+@pytest.mark.nginx
+@pytest_twisted.inlineCallbacks
+def test_a_stream_route_whose_upstream_is_down_is_upstream_unreachable(site):
+    report = yield run_probe(site.options(site.ports["stream-down"]))
+    assert_diagnosis(report, "upstream-unreachable")
+    assert report.diagnosis.step == "handshake" and report.step("webhook").status == "ok"
+    assert report.diagnosis.twilio_error.startswith("31920") and "$PORT" in report.diagnosis.fix
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_wss_stream_url_on_a_plain_port_is_no_tls_even_with_local(start_daemon):
+    # Development mode (no signatures) with --public-url https://HOST: the webhook over http:// (--local)
+    # answers wss://HOST/twilio-media, which lands on the daemon's plain port.
+    daemon = start_daemon("--public-url", f"https://{HOST}")
+    report = yield run_probe(
+        ProbeOptions(
+            f"http://{HOST}/voice", connect_to=[ConnectTo(HOST, None, "127.0.0.1", daemon.port)], local=True, seconds=0.5
+        )
+    )
+    assert_diagnosis(report, "no-tls")
+    assert report.diagnosis.step == "stream-tls" and report.diagnosis.twilio_error.startswith("31910")
+    assert "a plain HTTP request got 'HTTP/1.1 200 OK'" in report.step("stream-tls").data["reason"]

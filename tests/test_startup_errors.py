@@ -54,12 +54,13 @@ def test_a_bad_listen_value_is_one_line(listen, needles):
     assert_one_line(status, output, *needles)
 
 
-def test_a_port_in_use_is_one_line_naming_it():
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]])
+def test_a_port_in_use_is_one_line_naming_it(workers):
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
         held.listen()
         port = held.getsockname()[1]
-        status, output = twist("--listen", f"tcp:{port}:interface=127.0.0.1")
+        status, output = twist(*workers, "--listen", f"tcp:{port}:interface=127.0.0.1")
     assert_one_line(status, output, f"port {port} on 127.0.0.1 is in use", "ss -ltnp")
 
 
