@@ -221,4 +221,4 @@ def test_a_wss_stream_url_on_a_plain_port_is_no_tls_even_with_local(start_daemon
     )
     assert_diagnosis(report, "no-tls")
     assert report.diagnosis.step == "stream-tls" and report.diagnosis.twilio_error.startswith("31910")
-    assert "a plain HTTP request got 'HTTP/1.1 200 OK'" in report.step("stream-tls").data["reason"]
+    assert "a plain HTTP request got 'HTTP/1.0 200 OK'" in report.step("stream-tls").data["reason"]
