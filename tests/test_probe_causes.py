@@ -222,3 +222,22 @@ def test_a_wss_stream_url_on_a_plain_port_is_no_tls_even_with_local(start_daemon
     assert_diagnosis(report, "no-tls")
     assert report.diagnosis.step == "stream-tls" and report.diagnosis.twilio_error.startswith("31910")
     assert "a plain HTTP request got 'HTTP/1.0 200 OK'" in report.step("stream-tls").data["reason"]
+
+
+def test_the_platform_is_named_from_its_edge_headers():
+    from voicebridge.tools.diagnosis import Step, diagnose, platform_of
+
+    assert platform_of({"fly-request-id": "01H"}) == "Fly.io"
+    assert platform_of({"server": "Fly/7e3a (2024-01-01)"}) == "Fly.io"
+    assert platform_of({"rndr-id": "abc"}) == "Render"
+    assert platform_of({"x-railway-fallback": "true"}) == "Railway"
+    assert platform_of({"server": "nginx/1.22.1"}) is None
+    step = Step(
+        "webhook",
+        "webhook",
+        status="fail",
+        data={"status": 502, "url": WEBHOOK, "edge": {"rndr-id": "x"}, "diagnosis_header": None, "signed": True},
+    )
+    diagnosis = diagnose([step])
+    assert diagnosis.code == "upstream-unreachable" and "Render's edge" in diagnosis.message
+    assert diagnosis.fix.startswith("Render: the app must listen on 0.0.0.0:$PORT")

@@ -16,12 +16,13 @@ from voicebridge.tools.diagnosis.codes import CODES, Code, Diagnosis, twilio_err
 from voicebridge.tools.diagnosis.handshake import HandshakeVerdict, HTTPAnswer, classify_handshake, handshake_verdict, same_page
 from voicebridge.tools.diagnosis.layers import code_for, url_code
 from voicebridge.tools.diagnosis.steps import FAIL, OK, SKIP, STREAM, WARN, WEBHOOK, Step, find_step, role_of
-from voicebridge.tools.diagnosis.texts import NGINX_UPGRADE, TEXTS
+from voicebridge.tools.diagnosis.texts import EDGE_HEADERS, NGINX_UPGRADE, TEXTS, platform_of
 from voicebridge.tools.diagnosis.twimlread import TWIML_TYPES, TwiML, read_twiml
 from voicebridge.twilio.urls import URLProblem, check_url, not_public
 
 __all__ = [
     "CODES",
+    "EDGE_HEADERS",
     "FAIL",
     "NGINX_UPGRADE",
     "OK",
@@ -45,6 +46,7 @@ __all__ = [
     "find_step",
     "handshake_verdict",
     "not_public",
+    "platform_of",
     "read_twiml",
     "role_of",
     "same_page",

@@ -297,22 +297,61 @@ def _signature(step, steps, local):
     )
 
 
+# Headers a platform's edge adds to what it answers: which platform's checks to put first.
+PLATFORM_HEADERS = {
+    "fly-request-id": "Fly.io",
+    "rndr-id": "Render",
+    "x-render-origin-server": "Render",
+    "x-railway-edge": "Railway",
+    "x-railway-request-id": "Railway",
+    "x-railway-fallback": "Railway",
+}
+EDGE_HEADERS = ("server", "via", *PLATFORM_HEADERS)
+
+PLATFORM_CHECKS = {
+    "Fly.io": "Fly.io: fly.toml's [http_service] internal_port must be the port the app listens on (voicebridge: "
+    "PORT or --listen tcp:PORT), the app must listen on 0.0.0.0, and `fly status` / `fly logs` show whether its "
+    "machines run or crash.",
+    "Render": "Render: the app must listen on 0.0.0.0:$PORT (voicebridge does when PORT is set and --listen is not "
+    "given), and the service's logs show whether it started or fails its health check.",
+    "Railway": "Railway: the app must listen on 0.0.0.0:$PORT (voicebridge does when PORT is set; an explicit --listen "
+    "must say tcp:$PORT), and the deployment's logs show whether it runs.",
+}
+
+
+def platform_of(headers: dict) -> str | None:
+    """The platform whose edge answered, from the headers it adds (lower-case names); None if unknown."""
+    for name, platform in PLATFORM_HEADERS.items():
+        if name in headers:
+            return platform
+    server = (headers.get("server") or "").lower() + " " + (headers.get("via") or "").lower()
+    if "fly" in server:
+        return "Fly.io"
+    if "railway" in server:
+        return "Railway"
+    return None
+
+
 def _upstream(step, steps, local):
     data = step.data
     if step.layer == "handshake":
         answer = (data.get("answers") or {}).get("upgrade") or {}
-        status, server, url = answer.get("status"), (answer.get("headers") or {}).get("server"), data.get("url", "")
+        status, headers, url = answer.get("status"), answer.get("headers") or {}, data.get("url", "")
     else:
-        status, server, url = data.get("status"), data.get("server"), data.get("url", "")
-    by = f" ({server})" if server else ""
+        status, headers, url = data.get("status"), data.get("edge") or {}, data.get("url", "")
+    server = headers.get("server")
+    platform = platform_of(headers)
+    by = f" ({platform}'s edge)" if platform else (f" ({server})" if server else "")
+    first = PLATFORM_CHECKS[platform] + " " if platform else ""
     return (
         f"{url} answered {status} from the proxy in front of the app{by}: the proxy is up, but the app behind it did "
         "not answer (it is down, crashed, or listens on another port or address).",
-        "Check the app is running (the platform's logs: a crash at start, a failing health check), and that it listens "
-        "where the proxy sends requests: on Railway, Render and Fly.io the app must listen on $PORT (voicebridge does "
-        "when PORT is set; an explicit --listen must say tcp:$PORT) and on 0.0.0.0, not 127.0.0.1 (no "
-        "interface=127.0.0.1 in --listen); fly.toml's internal_port must be that port. nginx: the proxy_pass address "
-        "must be where the app listens (the nginx error log says 'connect() failed ... while connecting to upstream').",
+        first + "Check the app is running (the platform's logs: a crash at start, a failing health check), and that "
+        "it listens where the proxy sends requests: on Railway, Render and Fly.io the app must listen on $PORT "
+        "(voicebridge does when PORT is set; an explicit --listen must say tcp:$PORT) and on 0.0.0.0, not 127.0.0.1 "
+        "(no interface=127.0.0.1 in --listen); fly.toml's internal_port must be that port. nginx: the proxy_pass "
+        "address must be where the app listens (the nginx error log says 'connect() failed ... while connecting to "
+        "upstream').",
     )
 
 

@@ -480,6 +480,7 @@ class Probe:
             diagnosis_header=headers_in.get("x-voicebridge-diagnosis"),
             www_authenticate=headers_in.get("www-authenticate"),
             server=headers_in.get("server"),
+            edge={k: v for k, v in headers_in.items() if k in dx.EDGE_HEADERS},
             checked_url=judge.checked_url(content) if headers_in.get("x-voicebridge-diagnosis") else None,
             redirects=redirects,
             final_url=signed_url,
