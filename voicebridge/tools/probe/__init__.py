@@ -7,23 +7,37 @@ One job a module: ``options`` (the command line), ``session`` (the I/O of one ru
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 
-from voicebridge.tools.probe.options import (
-    ConnectTo,
-    ProbeOptions,
-    UsageError,
-    add_arguments,
-    options_from,
-    parse_connect_to,
-    redacted,
-    sibling_path,
-    twilio_form,
-    without_userinfo,
-)
-from voicebridge.tools.probe.report import Report
-from voicebridge.tools.probe.session import Probe
+# Loaded when first used, so ``judge`` (pure) imports without the I/O modules and their Twisted.
+_WHERE = {
+    **dict.fromkeys(
+        (
+            "ConnectTo",
+            "ProbeOptions",
+            "UsageError",
+            "add_arguments",
+            "options_from",
+            "parse_connect_to",
+            "redacted",
+            "sibling_path",
+            "twilio_form",
+            "without_userinfo",
+        ),
+        "options",
+    ),
+    "Report": "report",
+    "Probe": "session",
+}
+
+
+def __getattr__(name):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"voicebridge.tools.probe.{_WHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ConnectTo",
@@ -44,6 +58,9 @@ __all__ = [
 
 def run(args) -> int:
     from twisted.internet import defer, task
+
+    from voicebridge.tools.probe.options import UsageError, options_from
+    from voicebridge.tools.probe.session import Probe
 
     try:
         options = options_from(args)
