@@ -164,3 +164,26 @@ def test_streams_closed_before_start(scenarios):
     error = episode(daemon)
     assert error["layer"] == "closed-before-start"
     assert error["probe"].endswith("voicebridge probe http://127.0.0.1:%d/voice --local" % daemon.port)
+
+
+def test_under_workers_a_stream_started_on_another_worker_is_not_missing(start_daemon):
+    """The webhook and the stream land on either worker; a start on one frees the other's expectation."""
+    daemon = start_daemon("--workers", "2", "--public-url", PUBLIC, env={"TWILIO_AUTH_TOKEN": TOKEN})
+    crossed = []
+    for i in range(20):  # until one webhook and its stream landed on different workers (each does with p = 1/2)
+        call_sid = sid("w", i)
+        answer(daemon, call_sid)
+        with connect(
+            f"ws://127.0.0.1:{daemon.port}/twilio-media", additional_headers={"X-Twilio-Signature": SIGNER.sign(STREAM)}
+        ) as ws:
+            ws.send(start_message(call_sid))
+            started = daemon.wait_for(lambda e, s=call_sid: e.get("event_name") == "call.started" and e.get("callSid") == s, 10)
+        answered = daemon.wait_for(lambda e, s=call_sid: e.get("event_name") == "webhook.answered" and e.get("callSid") == s, 10)
+        if answered["worker"] != started["worker"]:
+            crossed.append(call_sid)
+            break
+    assert crossed, "twenty calls and never a stream on the other worker"
+    # One more call, never streamed: its warning is the marker that every earlier lapse has been decided.
+    answer(daemon, sid("w", 99))
+    daemon.wait_for(lambda e: e.get("event_name") == "call.stream_missing", WAIT)
+    assert [e["callSid"] for e in daemon.named("call.stream_missing")] == [sid("w", 99)]
