@@ -148,3 +148,31 @@ def test_the_rules_are_pure_and_the_webhook_imports_no_tool():
     for code in (pure, daemon):
         out = subprocess.run([sys.executable, "-c", code], env=source_env(), cwd=REPO, capture_output=True, text=True)
         assert out.returncode == 0, out.stderr
+
+
+def test_a_long_callsid_is_kept_bounded_and_still_matched():
+    watch = StreamWatch(30)
+    long_sid = "CA" + "x" * 5000
+    watch.answered(long_sid, None, URL, now=0)
+    assert all(len(sid) <= sw.MAX_SID for sid in watch.pending)
+    watch.started(long_sid)
+    assert watch.due(100) == []
+
+
+def test_the_log_escapes_the_peers_callsid():
+    from twisted.internet.task import Clock
+    from twisted.logger import globalLogPublisher
+
+    from voicebridge.call.streamlog import WatchedStreams
+
+    seen = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        clock = Clock()
+        streams = WatchedStreams(clock, wait=30)
+        streams.answered("CA1\nforged line", None, URL)
+        clock.advance(31)
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    [event] = [e for e in seen if e.get("event_name") == "call.stream_missing"]
+    assert "\n" not in event["callSid"] and event["waited"] >= 30

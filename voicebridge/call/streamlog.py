@@ -10,6 +10,7 @@ from twisted.logger import Logger
 
 from voicebridge.call.capacity import RESERVATION_SECONDS
 from voicebridge.call.streamwatch import STARTED, StreamWatch
+from voicebridge.observe.logs import printable
 
 log = Logger(namespace="voicebridge.streams")
 
@@ -22,7 +23,7 @@ FORMATS = {
         "streams are not arriving: {missing} of the last {of} answered calls got no stream; /twilio-media saw {seen}. "
         "{explanation}. Run: {probe}"
     ),
-    "service.streams_arriving": "{message}",
+    "service.streams_arriving": "streams arrive again: call {callSid} started",
 }
 
 
@@ -64,4 +65,7 @@ class WatchedStreams:
     def _log(self, events) -> None:
         for event in events:
             emit = {"warn": log.warn, "error": log.error, "info": log.info}[event.level]
-            emit(FORMATS[event.name], event_name=event.name, **event.fields)
+            fields = dict(event.fields)
+            if "callSid" in fields:  # the peer's text: escaped, so it cannot forge a log line
+                fields["callSid"] = printable(fields["callSid"], 64)
+            emit(FORMATS[event.name], event_name=event.name, **fields)

@@ -27,6 +27,7 @@ STREAK = 3  # answered calls in a row without a stream: an episode
 WINDOW = 10  # ... or more than half of the last WINDOW outcomes (at least MIN_IN_WINDOW of them)
 MIN_IN_WINDOW = 4
 MAX_PENDING = 10_000
+MAX_SID = 64  # a CallSid is 34 characters; a longer one is someone else's, kept to this much (bounded memory)
 
 # What reached /twilio-media, by kind (the funnel's stages and the refusals).
 REQUEST, NO_UPGRADE, REFUSED, ACCEPTED, CLOSED_BEFORE_START, STARTED = (
@@ -167,6 +168,7 @@ class StreamWatch:
         self.answered_total += 1
         if not call_sid:
             return  # nothing can claim it: not Twilio
+        call_sid = call_sid[:MAX_SID]
         self.pending.pop(call_sid, None)
         self.pending[call_sid] = Expected(call_sid, tenant, stream_url, now, Counter(self.seen))
         while len(self.pending) > MAX_PENDING:
@@ -182,7 +184,7 @@ class StreamWatch:
 
     def started(self, call_sid: str | None) -> list[Event]:
         """``call_sid``'s stream started (here, or on another worker): it was not missing."""
-        expected = self.pending.pop(call_sid, None) if call_sid else None
+        expected = self.pending.pop(call_sid[:MAX_SID], None) if call_sid else None
         if expected is None:
             return []
         self.outcomes.append(True)
@@ -195,7 +197,7 @@ class StreamWatch:
             Event(
                 "service.streams_arriving",
                 "info",
-                {"callSid": call_sid, "message": f"streams arrive again: call {call_sid} started"},
+                {"callSid": expected.call_sid},
             )
         ]
 
