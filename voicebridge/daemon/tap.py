@@ -101,7 +101,7 @@ class Options(usage.Options):
             # Under twist/twistd: one line and a hint, not twist's usage of every plugin (voicebridge/daemon/startup.py).
             flags = [name for name, *_ in self.optParameters + self.optFlags] + ["listen", "trusted-proxy"]
             print(f"voicebridge: {startup.usage_line(e, flags)}", file=sys.stderr)
-            print("  (twist voicebridge --help lists every option)", file=sys.stderr)
+            print("  (voicebridge run --help, or twist voicebridge --help, lists every option)", file=sys.stderr)
             raise SystemExit(64) from None
 
     def opt_listen(self, endpoint):
