@@ -129,5 +129,8 @@ def test_the_daemon_and_the_probe_name_the_same_layer(scenarios):
     print("\n".join(lines))
     rewritten = reports["stream-host-rewritten"][0]
     assert "403" in rewritten.step("handshake").summary
+    fix = rewritten.diagnosis.fix
+    assert "wss://voicebridge-internal/twilio-media" in fix and "Host voicebridge-internal" in fix
+    assert "proxy_set_header Host $host" in fix and f"--public-url https://{HOST}" in fix
     edge = scenarios.daemons["edge-drops-stream"].named("service.streams_not_arriving")[0]
     assert HOST in edge["explanation"] and edge["probe"].endswith(f"voicebridge probe https://{HOST}/voice")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit, urlunsplit
 
 from voicebridge.tools.diagnosis.handshake import HTTPAnswer, handshake_verdict
@@ -412,11 +413,46 @@ def _handshake(code):
             )
             if not data.get("signed"):
                 fix += " The probe had no auth token: pass --auth-token so it signs like Twilio."
+            checked = _stream_checked(data)
+            if checked and data.get("signed"):
+                fix = _stream_signature_fix(url, checked)
         elif told == "development-mode":
             fix = "Give the daemon the Twilio auth token (TWILIO_AUTH_TOKEN or --auth-token-file)."
         return (f"The app refused the WebSocket handshake at {url}: {verdict.reason}.", fix)
 
     return explain
+
+
+_STREAM_CHECKED = re.compile(r"matches none of (\S+?),? ")
+
+
+def _stream_checked(data) -> str | None:
+    """The stream URL voicebridge checked the handshake's signature against, from its 403."""
+    body = ((data.get("answers") or {}).get("upgrade") or {}).get("body") or ""
+    match = _STREAM_CHECKED.search(body)
+    return match.group(1) if match else None
+
+
+def _stream_signature_fix(url: str, checked: str) -> str:
+    if _same_url(url.replace("wss://", "https://", 1), checked.replace("wss://", "https://", 1)):
+        return (
+            f"voicebridge checked {checked}, the URL Twilio signs: the auth tokens differ. Give the daemon the token "
+            "of the account that owns the number, and the probe the same one."
+        )
+    ours, theirs = urlsplit(url), urlsplit(checked)
+    if (ours.hostname or "") != (theirs.hostname or ""):
+        return (
+            f"voicebridge checked the handshake's signature against {checked}, but Twilio signs {url}, the url the "
+            f"TwiML gave it: the request reached the daemon with Host {theirs.hostname}. In the proxy's location for "
+            f"{ours.path or '/'}, pass the public host (nginx: proxy_set_header Host $host; a location that sets its "
+            f"own headers does not inherit the server's), or start the daemon with --public-url "
+            f"{_base(url.replace('wss://', 'https://', 1))}."
+        )
+    return (
+        f"voicebridge checked the handshake's signature against {checked}, but Twilio signs {url}, the url the TwiML "
+        f"gave it: start the daemon with --public-url {_base(url.replace('wss://', 'https://', 1))}, or make the proxy "
+        "forward the path unchanged."
+    )
 
 
 def _closed_early(step, steps, local):
