@@ -6,8 +6,7 @@ from voicebridge.tools.diagnosis import FAIL, OK, SKIP, STREAM, WARN, WEBHOOK, r
 from voicebridge.tools.probe import judge
 
 TWIML = (
-    b'<Response><Connect><Stream url="wss://h.example/twilio-media">'
-    b'<Parameter name="a" value="1"/></Stream></Connect></Response>'
+    b'<Response><Connect><Stream url="wss://h.example/twilio-media"><Parameter name="a" value="1"/></Stream></Connect></Response>'
 )
 
 

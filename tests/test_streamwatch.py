@@ -116,7 +116,10 @@ def test_pending_calls_are_bounded():
 
 
 def test_the_probe_command_names_the_daemons_public_webhook():
-    assert sw.probe_command("wss://h.example/vb/twilio-media") == "TWILIO_AUTH_TOKEN=... voicebridge probe https://h.example/vb/voice"
+    assert (
+        sw.probe_command("wss://h.example/vb/twilio-media")
+        == "TWILIO_AUTH_TOKEN=... voicebridge probe https://h.example/vb/voice"
+    )
     assert sw.probe_command("ws://127.0.0.1:8080/twilio-media").endswith("probe http://127.0.0.1:8080/voice --local")
 
 
