@@ -69,6 +69,10 @@ def test_plain_http_answers():
     assert judge.plain_http_answer(b"HTTP/1.1 497 \r\n\r\n") is None
     assert judge.plain_http_answer(b"\x15\x03\x03\x00\x02\x02\x46") is None  # a TLS alert
     assert judge.plain_http_answer(b"") is None
+    go = b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
+    assert judge.plain_http_answer(go) is None
+    assert judge.conclusive_while_waiting("HTTP/1.1 200 OK") and judge.conclusive_while_waiting("HTTP/1.1 404 Not Found")
+    assert not judge.conclusive_while_waiting("HTTP/1.1 400 Bad Request")
 
 
 def test_what_voicebridge_answers_names():

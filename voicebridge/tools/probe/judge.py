@@ -113,9 +113,18 @@ def plain_http_answer(head: bytes) -> str | None:
         return None
     text = head.decode("latin-1", "replace")
     status_line = text.split("\r\n", 1)[0].strip()
-    if "https port" in text.lower() or status_line.split(" ")[1:2] == ["497"]:
+    lowered = text.lower()
+    # nginx: "The plain HTTP request was sent to HTTPS port" (400, or its 497); Go: "Client sent an HTTP request
+    # to an HTTPS server."
+    if "https port" in lowered or "https server" in lowered or status_line.split(" ")[1:2] == ["497"]:
         return None
     return status_line
+
+
+def conclusive_while_waiting(status_line: str) -> bool:
+    """A plain answer that settles no-tls before the TLS handshake has: not a 400, which a slow TLS server
+    might also give plain HTTP in words the probe does not know."""
+    return status_line.split(" ")[1:2] != ["400"]
 
 
 _CHECKED = re.compile(rb"does not match url (\S+) with")

@@ -288,6 +288,8 @@ class Probe:
         handshake.addBoth(lambda result: (outcome.append(result), settled.called or settled.callback(None)))
         # A port without TLS may sit on a ClientHello until its own timeout: after a moment, ask it in plain HTTP.
         plain = await self._plain_http_meanwhile(settled, host, port, origin)
+        if plain is not None and not judge.conclusive_while_waiting(plain):
+            plain = None  # let the TLS handshake decide; its failure asks again
         if plain is not None:
             handshake.cancel()
             reason = f"a plain HTTP request got {plain!r}"
