@@ -90,6 +90,7 @@ def episode(*seen, details=None):
 def test_the_layer_is_named_from_what_reached_the_endpoint():
     stripped = episode((sw.REQUEST,), (sw.NO_UPGRADE,))
     assert stripped["layer"] == "upgrade-stripped" and "proxy_set_header Upgrade $http_upgrade" in stripped["explanation"]
+    assert "X-Forwarded-Proto $scheme" in stripped["explanation"]
     signature = episode((sw.REQUEST,), (sw.REFUSED, "signature-invalid", "matches none of wss://x/twilio-media"))
     assert signature["layer"] == "handshake-signature-invalid"
     assert "wss://x/twilio-media" in signature["explanation"] and URL in signature["explanation"]

@@ -42,7 +42,9 @@ REQUEST, NO_UPGRADE, REFUSED, ACCEPTED, CLOSED_BEFORE_START, STARTED = (
 
 NGINX_LINES = (
     "proxy_pass {upstream}; proxy_http_version 1.1; proxy_set_header Upgrade $http_upgrade; "
-    "proxy_set_header Connection $connection_upgrade; (with map $http_upgrade $connection_upgrade "
+    "proxy_set_header Connection $connection_upgrade; proxy_set_header Host $host; "
+    "proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; "
+    "(a location that sets headers repeats the server's; with map $http_upgrade $connection_upgrade "
     "{{ default upgrade; '' close; }} in http {{ }})"
 )
 
