@@ -140,7 +140,7 @@ class StreamResource(Resource):
 
     def _refuse(self, request, client, status, reason, message, diagnosis=None):
         self.registry.handshake_refused(reason)
-        self._saw(streamwatch.REFUSED, reason, message)
+        self._saw(streamwatch.REFUSED, reason, printable(message, 300))
         log.warn(
             "stream handshake refused client={client} status={status} reason={reason}: {message}",
             event_name="handshake.refused",
