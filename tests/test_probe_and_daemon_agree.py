@@ -13,10 +13,14 @@ from twisted.internet import defer
 
 from tests.conftest import TOKEN
 from tests.daemon import Daemon
+from tests.http import call_form, post_form
 from tests.nginx import Nginx, free_port, nginx_binary
 from tests.pki import PKI
 from tests.test_probe import HOST, NO_UPGRADE, UPGRADE, WEBHOOK, run_probe
 from voicebridge.tools.probe import ConnectTo, ProbeOptions
+from voicebridge.twilio.signatures import SignatureChecker
+
+SIGNER = SignatureChecker(TOKEN)
 
 # scenario -> (the daemon's layer, the probe's diagnosis)
 EXPECTED = {
@@ -57,6 +61,7 @@ class Scenarios:
             "proxy-strips-upgrade": Daemon(["--public-url", f"https://{HOST}", *listen], env=env),
             # No --public-url: the URL comes from the proxy's headers, and the stream's location rewrites Host.
             "stream-host-rewritten": Daemon(["--trusted-proxy", "127.0.0.1", *listen], env=env),
+            "working": Daemon(["--public-url", f"https://{HOST}", *listen], env=env),
         }
         self.nginx = None
         try:
@@ -79,6 +84,7 @@ class Scenarios:
                     location("/", vb["stream-host-rewritten"])
                     + location("/twilio-media", vb["stream-host-rewritten"], host="voicebridge-internal"),
                 ),
+                tls_server(self.ports["working"], leaf, location("/", vb["working"])),
             ]
             body = "map $http_upgrade $connection_upgrade { default upgrade; '' close; }\n" + "\n".join(blocks)
             self.nginx = Nginx(directory / "nginx", body, list(self.ports.values())).start()
@@ -109,7 +115,7 @@ def scenarios(tmp_path_factory):
 def test_the_daemon_and_the_probe_name_the_same_layer(scenarios):
     from twisted.internet import reactor
 
-    runs = {name: [run_probe(scenarios.options(name)) for _ in range(3)] for name in EXPECTED}
+    runs = {name: [run_probe(scenarios.options(name)) for _ in range(3)] for name in [*EXPECTED, "working"]}
     reports = {}
     for name, deferreds in runs.items():
         reports[name] = yield defer.gatherResults(deferreds)
@@ -134,3 +140,14 @@ def test_the_daemon_and_the_probe_name_the_same_layer(scenarios):
     assert "proxy_set_header Host $host" in fix and f"--public-url https://{HOST}" in fix
     edge = scenarios.daemons["edge-drops-stream"].named("service.streams_not_arriving")[0]
     assert HOST in edge["explanation"] and edge["probe"].endswith(f"voicebridge probe https://{HOST}/voice")
+
+    # Where streams work, the probe says ok and the daemon declares nothing missing (a marker call, never
+    # streamed, shows every earlier call has been decided).
+    assert {r.diagnosis.code for r in reports["working"]} == {"ok"}
+    working = scenarios.daemons["working"]
+    form = call_form("CA" + "f" * 32)
+    status, _, _ = post_form(working.port, "/voice", form, {"X-Twilio-Signature": SIGNER.sign(f"https://{HOST}/voice", form)})
+    assert status == 200
+    yield working.wait_for_async(reactor, lambda e: e.get("event_name") == "call.stream_missing", timeout=45)
+    assert [e["callSid"] for e in working.named("call.stream_missing")] == ["CA" + "f" * 32]
+    assert not working.named("service.streams_not_arriving")

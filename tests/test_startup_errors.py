@@ -149,3 +149,12 @@ def test_usage_line_suggests_the_flag_meant():
     assert usage_line("option --lisen not recognized", ["listen", "public-url"]).endswith("did you mean --listen?")
     assert usage_line("something else", ["listen"]) == "something else"
     assert startup.handler_key(None, None, {}, "[handlers.x]: no handler named 'x'") is None
+
+
+def test_check_config_refuses_a_public_url_ending_in_a_route(tmp_path):
+    path = tmp_path / "vb.toml"
+    path.write_text("")
+    status, output = run(
+        [sys.executable, "-m", "voicebridge", "check-config", str(path), "--public-url", "https://voice.example.test/voice"]
+    )
+    assert status == 1 and "Use --public-url https://voice.example.test" in output, output
