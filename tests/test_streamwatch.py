@@ -180,3 +180,12 @@ def test_the_log_escapes_the_peers_callsid():
         globalLogPublisher.removeObserver(seen.append)
     [event] = [e for e in seen if e.get("event_name") == "call.stream_missing"]
     assert "\n" not in event["callSid"] and event["waited"] >= 30
+
+
+def test_nothing_arriving_at_a_stream_url_twilio_cannot_open_says_why():
+    watch = StreamWatch(30)
+    for i in range(3):
+        watch.answered(f"CA{i}", None, "ws://127.0.0.1:8080/twilio-media", now=i)
+    error = next(e for e in watch.due(100) if e.name == "service.streams_not_arriving").fields
+    assert error["layer"] == "nothing-arrived"
+    assert "31922" in error["explanation"] and "loopback" in error["explanation"] and "--public-url" in error["explanation"]

@@ -24,6 +24,8 @@ from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
+from voicebridge.twilio.urls import STREAM, check_url
+
 STREAK = 3  # answered calls in a row without a stream: an episode
 WINDOW = 10  # ... or more than half of the last WINDOW outcomes (at least MIN_IN_WINDOW of them)
 MIN_IN_WINDOW = 4
@@ -136,6 +138,14 @@ def layer(seen: Counter, stream_url: str, details: dict) -> tuple[str, str]:
             "and the daemon cuts the WebSocket (a proxy timeout, an idle cut), or the peer is not Twilio",
         )
     if not seen.get(REQUEST):
+        refused = [p.text for p in check_url(stream_url, STREAM) if p.fatal]
+        if refused:  # the stream URL itself is one Twilio will not or cannot open
+            return (
+                "nothing-arrived",
+                f"nothing reached /twilio-media, and the stream URL given to Twilio, {stream_url}, cannot work: "
+                + "; ".join(refused)
+                + ". Set --public-url https://PUBLIC_HOST (the host Twilio reaches, TLS on 443)",
+            )
         return (
             "nothing-arrived",
             f"nothing reached /twilio-media: Twilio could not open wss://{host}/...: check that {host} resolves "
