@@ -45,6 +45,7 @@ WEBHOOKS = {
     "/voice-say": (200, "text/xml", "<Response><Say>We are closed.</Say><Hangup/></Response>", {}),
     "/voice-broken": (200, "text/xml", "<Response><Connect><Stream url=", {}),
     "/voice-redirect": (307, "text/plain", "", {"Location": "/voice"}),
+    "/voice-forbidden": (403, "text/plain", "Forbidden", {}),
     "/voice-loop": (302, "text/plain", "", {"Location": "/voice-loop"}),
 }
 

@@ -250,8 +250,8 @@ def test_classify_handshake(case, upgrade, plain, sibling_upgrade, sibling_plain
 def test_pages_differing_only_by_path_and_ids_compare_equal():
     a = HTTPAnswer(404, body=b"<p>No route /media (request 7f3a9c0e12, 2025-01-01 10:00:01)</p>")
     b = HTTPAnswer(404, body=b"<p>No route /media-voicebridge-probe-0a1b2c3d (request 99aa77bb66, 2025-01-01 10:00:02)</p>")
-    assert dx._same_page(a, b, (P, S)) is True
-    assert dx._same_page(a, HTTPAnswer(404, body=b"<h1>nginx</h1>"), (P, S)) is False
+    assert dx.same_page(a, b, (P, S)) is True
+    assert dx.same_page(a, HTTPAnswer(404, body=b"<h1>nginx</h1>"), (P, S)) is False
 
 
 def test_sibling_path_stays_under_the_same_prefix():
@@ -352,7 +352,7 @@ def test_media_outcomes():
 
 
 def test_every_code_has_help_a_message_and_a_twilio_error():
-    assert set(dx._TEXTS) == set(dx.CODES)
+    assert set(dx.TEXTS) == set(dx.CODES)
     for code in dx.CODES:
         assert dx.CODES[code].help
         assert dx.twilio_error(code) and dx.twilio_error(code) != "-"

@@ -31,23 +31,23 @@ PURE = (
     "voicebridge/call/resolve.py",
     "voicebridge/call/capacity.py",
     "voicebridge/call/stats.py",
+    "voicebridge/call/streamwatch.py",
     "voicebridge/handlers/__init__.py",
     "voicebridge/workers/__init__.py",
     "voicebridge/workers/control.py",
     "voicebridge/workers/bookkeeping.py",
     "voicebridge/fastpath/__init__.py",
     "voicebridge/fastpath/frames.py",
+    "voicebridge/tools/__init__.py",
+    "voicebridge/tools/diagnosis/",
+    "voicebridge/tools/probe/judge.py",
 )
 NOT_PURE = ("twisted", "autobahn", "txaio")
 
 HANDLER_API = ("voicebridge.handlers.api", "voicebridge.twilio", "voicebridge.audio", "voicebridge.messages")
 
 # Known exceptions, each with the change that removes it.
-TOOL_IMPORTS_ALLOWED = {
-    # The webhook's stream-URL rules live in the probe's diagnosis today; the "probe" branch (issue 14)
-    # moves them to voicebridge/twilio/urls.py. Remove this entry when it lands.
-    ("voicebridge/web/webhook.py", "voicebridge.tools.diagnosis"),
-}
+TOOL_IMPORTS_ALLOWED: set = set()  # none since the stream-URL rules moved to voicebridge/twilio/urls.py
 # A pure module's deliberate lazy import: the registry gives ``voicebridge.handlers.Handler`` (its old path)
 # from the API only when asked for; test_pure_code_really_loads_no_twisted shows the registry loads none.
 LAZY_IMPORTS_ALLOWED = {("voicebridge/handlers/__init__.py", "voicebridge.handlers.api")}

@@ -119,6 +119,7 @@ class Capacity:
         self.reservations = Reservations(clock)
         self._anonymous = itertools.count(1)
         self._anonymous_prefix = f"anonymous-{os.getpid()}-"  # unique across workers too
+        self.streams = None  # told of every start, here or on a peer (call/streamlog.py; set by Admission)
 
     def share_with(self, peers) -> None:
         """Under ``--workers``: ``peers`` answers ``census()`` and ``started_for()`` for the other workers,
@@ -184,6 +185,8 @@ class Capacity:
 
     def peer_claimed(self, call_sid: str) -> None:
         self.reservations.claim(call_sid)
+        if self.streams is not None:
+            self.streams.started(call_sid, here=False)
 
     def admit_handshake(self) -> str | None:
         """At the stream handshake (this call is not yet among ``calls``)."""
@@ -202,6 +205,8 @@ class Capacity:
         self.reservations.expire()
         self.reservations.claim(call_sid, remember=self.shared)
         self.peers.claimed(call_sid)  # the reservation may be held by the worker that answered the webhook
+        if self.streams is not None:
+            self.streams.started(call_sid)
         if tenant is not None and tenant.max_calls is not None:
             if self._tenant_load(tenant.id) + 1 > tenant.max_calls:
                 return f"tenant {tenant.id}'s limit of {tenant.max_calls} calls is reached (max_calls)"

@@ -14,6 +14,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
+from voicebridge.call import streamwatch
 from voicebridge.call.closecodes import CLOSE_HANDSHAKE_TIMEOUT, CLOSE_NORMAL
 from voicebridge.fastpath.wsfast import FastTextFrames
 from voicebridge.observe.logs import mask_url, printable
@@ -31,9 +32,13 @@ Twilio always sends it, so a proxy in front of voicebridge removed it: the Upgra
 Connection headers are hop-by-hop and proxies drop them unless told to pass them on.
 
 For nginx, in the location that proxies to voicebridge:
+    proxy_pass {upstream};   # this daemon, as the proxy reached it
     proxy_http_version 1.1;
     proxy_set_header Upgrade $http_upgrade;
     proxy_set_header Connection $connection_upgrade;   # map $http_upgrade $connection_upgrade
+    proxy_set_header Host $host;
+    proxy_set_header X-Forwarded-Proto $scheme;            # a location that sets headers must repeat these
+    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
     proxy_read_timeout 3600s;
 
 Twilio reports this as error 31920 (WebSocket handshake failed).
@@ -55,6 +60,11 @@ class StreamResource(Resource):
         self.registry = factory.registry
         self.admission = admission
         self.urls = urls
+        self.streams = factory.streams = admission.streams  # what /twilio-media saw, for missing streams
+
+    def _saw(self, kind, reason=None, detail=None) -> None:
+        if self.streams is not None:
+            self.streams.saw(kind, reason, detail)
 
     def render(self, request):
         view = RequestView.of(request)
@@ -76,6 +86,7 @@ class StreamResource(Resource):
             xfp=printable(view.forwarded_proto),
             signed="present" if request.getHeader(b"x-twilio-signature") else "absent",
         )
+        self._saw(streamwatch.REQUEST)
         if request.method != b"GET":
             request.setHeader(b"Allow", b"GET")
             return self._refuse(
@@ -108,6 +119,9 @@ class StreamResource(Resource):
 
     def _upgrade_missing(self, request, client, upgrade, connection):
         self.registry.handshake_refused("upgrade-missing")
+        local = request.getHost()
+        upstream = f"http://{getattr(local, 'host', '127.0.0.1')}:{getattr(local, 'port', 8080)}"
+        self._saw(streamwatch.NO_UPGRADE, detail=upstream)
         note = "" if connection is None else f' (Connection: "{printable(connection, 60)}")'
         log.warn(
             "stream request without 'Upgrade: websocket' from {client} (upgrade={upgrade}, connection={connection}): "
@@ -122,10 +136,11 @@ class StreamResource(Resource):
         request.setHeader(b"Connection", b"Upgrade")
         request.setHeader(DIAGNOSIS_HEADER, b"upgrade-missing")
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-        return _UPGRADE_MISSING.format(connection_note=note).encode("utf-8")
+        return _UPGRADE_MISSING.format(connection_note=note, upstream=upstream).encode("utf-8")
 
     def _refuse(self, request, client, status, reason, message, diagnosis=None):
         self.registry.handshake_refused(reason)
+        self._saw(streamwatch.REFUSED, reason, printable(message, 300))
         log.warn(
             "stream handshake refused client={client} status={status} reason={reason}: {message}",
             event_name="handshake.refused",
@@ -148,6 +163,7 @@ class MediaStreamProtocol(FastTextFrames, WebSocketServerProtocol):
     """
 
     call = None
+    opened_stream = False
 
     def onConnect(self, request):
         peer = self.transport.getPeer()
@@ -163,6 +179,9 @@ class MediaStreamProtocol(FastTextFrames, WebSocketServerProtocol):
         return None
 
     def onOpen(self):
+        self.opened_stream = True
+        if self.factory.streams is not None:
+            self.factory.streams.saw(streamwatch.ACCEPTED)
         self.text_sink = self.call.text_received  # what onMessage does for text, without the hops
         self.call.opened()
         self.call.guards.watch(self.transport)
@@ -179,6 +198,8 @@ class MediaStreamProtocol(FastTextFrames, WebSocketServerProtocol):
         if self.call is not None:
             if self.closedByMe and self.localCloseCode:
                 code, reason = self.localCloseCode, self.localCloseReason
+            if not self.call.start_received and self.opened_stream and self.factory.streams is not None:
+                self.factory.streams.saw(streamwatch.CLOSED_BEFORE_START)
             self.call.connection_lost(code, reason, failed=self.failedByMe)
             self.call = self.text_sink = None
 
@@ -209,6 +230,7 @@ class MediaStreamProtocol(FastTextFrames, WebSocketServerProtocol):
 
 class MediaStreamFactory(WebSocketServerFactory):
     protocol = MediaStreamProtocol
+    streams = None  # call/streamlog.WatchedStreams, set by StreamResource
 
     def __init__(self, registry, urls, settings):
         super().__init__(server="voicebridge")

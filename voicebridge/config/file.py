@@ -110,8 +110,11 @@ def _tenant(tenant_id: str, table: dict, path: str) -> Tenant:
     for i, number in enumerate(numbers):
         _expect(number, str, f"{path}.numbers[{i}]")
         n = normalize_number(number)
-        if not re.fullmatch(r"\+?[0-9]{3,20}", n):
-            raise ConfigError(f"{path}.numbers[{i}]: {number!r} is not a phone number (E.164, e.g. +15550100)")
+        if not re.fullmatch(r"\+[1-9][0-9]{7,14}", n):  # Twilio's To: '+', a non-zero digit, 8 to 15 digits in all
+            raise ConfigError(
+                f"{path}.numbers[{i}]: {number!r} is not a phone number in E.164 ('+', then 8 to 15 digits not "
+                "starting with 0, e.g. +15550100001): Twilio sends To in that form, so calls would never match it"
+            )
         normalized.append(n)
     max_calls = table.get("max_calls")
     if max_calls is not None and (_expect(max_calls, int, f"{path}.max_calls") < 0):

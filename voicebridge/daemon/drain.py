@@ -173,5 +173,5 @@ class Drain:
         log.info(
             "drained in {duration:.1f}s; stopping",
             event_name="service.drained",
-            duration=self.clock.seconds() - start,
+            duration=round(self.clock.seconds() - start, 3),
         )

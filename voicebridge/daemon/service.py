@@ -12,11 +12,13 @@ import os
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from voicebridge.daemon.drain import Drain
 from voicebridge.daemon.notify import notify
+from voicebridge.daemon.startup import bind_error
 from voicebridge.tls import listen as tls
 from voicebridge.workers import sockets
 
@@ -66,7 +68,10 @@ class ListenService(Service):
 
     def privilegedStartService(self):
         # Bind here, before twistd drops privileges, so ports below 1024 work with --uid.
-        self.port = listen_now(self, self.factory)
+        try:
+            self.port = listen_now(self, self.factory)
+        except CannotListenError as e:  # one line naming the flag, the value and the fix, not a traceback
+            raise SystemExit(f"voicebridge: {bind_error(self.description, e)}") from None
         self.bound = True
         if self.tls is not None and self.port is not None:
             self.tls.listener = self.address  # its logs name the bound address

@@ -17,6 +17,7 @@ from voicebridge.call.registry import CallRegistry
 from voicebridge.call.resolve import handlers_in_use, resolve_handlers
 from voicebridge.config import limits
 from voicebridge.config.file import DEFAULT_HANDLER, Config, ConfigError, Settings, load_config, read_auth_token
+from voicebridge.daemon import startup
 from voicebridge.daemon.service import AdoptedListenService, VoiceBridgeService
 from voicebridge.daemon.signals import ProcessSignals
 from voicebridge.fastpath import leanloop
@@ -92,7 +93,16 @@ class Options(usage.Options):
 
     def parseOptions(self, options=None):
         self.argv = list(sys.argv[1:] if options is None else options)  # what --workers passes to each worker
-        super().parseOptions(options)
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if getattr(self, "parent", None) is None:  # in-process (check-config, tests): the caller reports it
+                raise
+            # Under twist/twistd: one line and a hint, not twist's usage of every plugin (voicebridge/daemon/startup.py).
+            flags = [name for name, *_ in self.optParameters + self.optFlags] + ["listen", "trusted-proxy"]
+            print(f"voicebridge: {startup.usage_line(e, flags)}", file=sys.stderr)
+            print("  (voicebridge run --help, or twist voicebridge --help, lists every option)", file=sys.stderr)
+            raise SystemExit(64) from None
 
     def opt_listen(self, endpoint):
         """Endpoint to serve on, repeatable (default tcp:$PORT, else tcp:8080), e.g. tcp:8080:interface=127.0.0.1,
@@ -129,6 +139,10 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
         self["tls"] = {}
         for description in self["listen"]:
+            try:
+                startup.check_listen(description)
+            except startup.ListenError as e:
+                raise usage.UsageError(str(e)) from None
             if tls.is_ssl(description):
                 try:  # read and checked by OpenSSL once, here: unusable files stop start-up with the flag named
                     self["tls"][description] = tls.build(description)
@@ -150,7 +164,10 @@ class Options(usage.Options):
         self["handlers"] = None
         try:  # once, here: the daemon and check-config use what is resolved
             self["handlers"] = resolved = resolve_handlers(self.settings())
-        except (ValueError, handlers.UnknownHandler) as e:
+        except handlers.UnknownHandler as e:
+            where = startup.handler_key(self["config_obj"], self["handler"], self.handler_options(), str(e))
+            raise usage.UsageError(f"{where}: {e}" if where else str(e)) from None
+        except ValueError as e:
             raise usage.UsageError(str(e)) from None
         unused = set(self.handler_options()) - handlers_in_use(resolved)
         if unused:

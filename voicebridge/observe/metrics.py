@@ -73,6 +73,20 @@ class CallCollector:
             totals.dropped,
         )
         yield _counter("voicebridge_handshake_refusals", "Stream upgrades refused, by reason", ["reason"], totals.refusals)
+        streams = getattr(registry.capacity, "streams", None)
+        if streams is not None:  # the call funnel: where answered calls stop (call/streamwatch.py)
+            yield _counter(
+                "voicebridge_call_funnel",
+                "Calls by stage reached: answered (<Connect>), requested (/twilio-media), upgraded, started, missing",
+                ["stage"],
+                streams.watch.funnel(),
+            )
+            yield _counter(
+                "voicebridge_streams_missing",
+                "Calls answered with <Connect><Stream> whose stream never came, by tenant",
+                ["tenant"],
+                streams.watch.missing_by_tenant,
+            )
         yield _counter(
             "voicebridge_webhook_refusals",
             "Webhook and connect-action requests refused, by endpoint and reason",

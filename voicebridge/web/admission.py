@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from twisted.logger import Logger
 
+from voicebridge.call.streamlog import WatchedStreams
 from voicebridge.observe.logs import mask_url
 from voicebridge.twilio.signatures import SignatureChecker, stream_candidates
 from voicebridge.web.publicurl import is_loopback
@@ -38,6 +39,10 @@ class Admission:
         self.registry = registry  # whose ``draining`` turns every new webhook and stream away
         self.checker = SignatureChecker(settings.auth_token) if settings.auth_token else None
         self.capacity = registry.capacity if registry is not None else None
+        # Answered calls whose stream never comes (call.stream_missing, service.streams_not_arriving).
+        self.streams = WatchedStreams(registry.clock) if registry is not None else None
+        if self.capacity is not None:
+            self.capacity.streams = self.streams
 
     @property
     def draining(self) -> bool:

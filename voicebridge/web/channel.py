@@ -203,10 +203,17 @@ class BoundedSite(Site):
         super().__init__(resource, parsePOSTFormSubmission=False, **kwargs)
         self.limits = limits
         self.show_numbers = show_numbers
+        self.client_of = None  # request -> the caller's address (web/site.py: PublicURLs.client)
 
     def log(self, request):
         """The access log, as structured events; phone numbers in a query string are masked."""
-        peer = request.getClientAddress()
+        peer = getattr(request.getClientAddress(), "host", "-")
+        client = peer
+        if self.client_of is not None:
+            try:  # behind a trusted proxy: the caller it forwarded for, as webhook.refused names it
+                client = self.client_of(request)
+            except Exception:  # noqa: BLE001 - a request too broken to read still gets its access line
+                client = peer
         log.info(
             "{method} {uri} {status} {length} client={client}",
             event_name="http.access",
@@ -214,5 +221,6 @@ class BoundedSite(Site):
             uri=printable(mask_url(request.uri.decode("latin-1"), self.show_numbers), 300),
             status=request.code,
             length=request.sentLength or "-",
-            client=getattr(peer, "host", "-"),
+            client=client,
+            peer=peer,
         )

@@ -32,7 +32,20 @@ def parse_public_url(url: str) -> str:
         parts.port  # noqa: B018 (urlsplit checks the port only when asked)
     except ValueError:
         raise PublicURLError(f"--public-url {url!r} has a port that is not 0-65535") from None
+    path = parts.path.rstrip("/")
+    for route in DAEMON_ROUTES:
+        if path.endswith(route):
+            base = url.rstrip("/")[: -len(route)]
+            raise PublicURLError(
+                f"--public-url {url!r} ends in {route}, a route of the daemon (a pasted webhook URL?): every signature "
+                f"would be checked against {base}{route}{route}, and the stream url would end in {route}/twilio-media. "
+                f"Use --public-url {base}"
+            )
     return url.rstrip("/")
+
+
+# The daemon's own routes: a base URL ending in one is a route URL pasted by mistake.
+DAEMON_ROUTES = ("/voice", "/twilio-media", "/connect-action")
 
 
 class TrustedProxies:

@@ -9,6 +9,7 @@ from voicebridge.observe.metrics import Metrics
 from voicebridge.web.channel import BoundedSite
 from voicebridge.web.connectaction import ACTION_PATH, ConnectActionResource, connect_action_url
 from voicebridge.web.health import Healthz, Readyz
+from voicebridge.web.publicurl import RequestView
 from voicebridge.web.webhook import VoiceWebhook
 
 INDEX = b"""voicebridge: Twilio voice webhook and Media Streams bridge.
@@ -68,5 +69,6 @@ def build_site(settings, registry, admission, urls) -> VoiceSite:
     root.putChild(b"readyz", Readyz(registry))
     root.putChild(b"metrics", metrics.resource())
     site = VoiceSite(root, settings.limits, settings.show_numbers)
+    site.client_of = lambda request: urls.client(RequestView.of(request))
     site.metrics = metrics  # a worker shares it with the others (voicebridge/workers/peers.py)
     return site

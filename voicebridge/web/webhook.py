@@ -12,8 +12,8 @@ from twisted.logger import Logger
 
 from voicebridge.config.file import NoTenant
 from voicebridge.observe.logs import mask_number, printable
-from voicebridge.tools.diagnosis import STREAM, check_url
 from voicebridge.twilio import twiml
+from voicebridge.twilio.urls import STREAM, check_url
 from voicebridge.web.admission import Refusal
 from voicebridge.web.publicurl import PublicURLError
 from voicebridge.web.twiliorequest import TWILIO_FIELDS, TwilioRequest, first_values
@@ -95,6 +95,8 @@ class VoiceWebhook(TwilioRequest):
                 problem=printable(problem, 200),
             )
         self._warn_stream_url(stream_url)
+        if self.admission.streams is not None:
+            self.admission.streams.answered(fields.get("CallSid"), tenant.id if tenant is not None else None, stream_url)
         log.info(
             "webhook callSid={callSid} from={from_} to={to} status={status} tenant={tenant} answered stream url {stream_url} "
             "with parameters {names}",

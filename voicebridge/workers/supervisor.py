@@ -36,6 +36,7 @@ from voicebridge.call.resolve import close_grace, resolve_handlers
 from voicebridge.daemon.drain import grace_for
 from voicebridge.daemon.notify import notify
 from voicebridge.daemon.service import banner, describe_address, listen_now
+from voicebridge.daemon.startup import bind_error
 from voicebridge.observe.logs import printable
 from voicebridge.web.admission import Admission
 from voicebridge.web.publicurl import PublicURLs, TrustedProxies
@@ -123,14 +124,18 @@ class Supervisor(MultiService):
         self.bound_as = os.geteuid()
         for i, spec in enumerate(self.specs):
             if not spec.per_worker:
-                self.shared[i] = listen_now(serverFromString(self.reactor, spec.description), protocol.Factory())
+                try:
+                    self.shared[i] = listen_now(serverFromString(self.reactor, spec.description), protocol.Factory())
+                except error.CannotListenError as e:
+                    raise SystemExit(f"voicebridge: {bind_error(spec.description, e)}") from None
                 self.shared[i].stopReading()  # the workers accept on it, never the supervisor
                 continue
             for slot in range(self.count):
                 try:
                     sock = sockets.bind_reuseport(spec, self.ports.get(i))
-                except OSError as e:
-                    raise error.CannotListenError(spec.interface, self.ports.get(i, spec.port), e) from None
+                except OSError as e:  # one line naming the flag, the value and the fix (daemon/startup.py)
+                    failed = error.CannotListenError(spec.interface, self.ports.get(i, spec.port), e)
+                    raise SystemExit(f"voicebridge: {bind_error(spec.description, failed)}") from None
                 self.ports.setdefault(i, sock.getsockname()[1])
                 self.unclaimed[(slot, i)] = sock
         super().privilegedStartService()

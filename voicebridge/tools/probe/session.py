@@ -1,24 +1,18 @@
-"""``voicebridge probe WEBHOOK_URL``: do what Twilio does on an incoming call, layer by layer.
+"""One probe run, the I/O: do what Twilio does on an incoming call, layer by layer.
 
 Resolve and connect, verify TLS as Twilio would, POST the signed webhook, read the TwiML, check
 the ``<Stream>`` url, open the stream with a signed handshake, send ``connected``, ``start`` and a
-few seconds of media, watch what comes back, send ``stop``. Each layer is one ``Step``; what the
-steps mean is decided in ``voicebridge/tools/diagnosis.py``, which is pure. This module is the I/O.
-
-It works against any Twilio voice app, not only voicebridge.
+few seconds of media, watch what comes back, send ``stop``. Each layer is one ``Step``; what an
+observation means is ``judge.py``'s, what the run means ``voicebridge/tools/diagnosis``'s (both pure).
 """
 
 from __future__ import annotations
 
 import base64
 import ipaddress
-import json
 import os
-import re
 import socket
-import sys
-import textwrap
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from io import BytesIO
 from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 
@@ -37,12 +31,13 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
-from voicebridge.cli import name_value_pairs
-from voicebridge.config.file import ConfigError, Secret, read_auth_token
 from voicebridge.net.wsclient import endpoint_for, load_trust_root
 from voicebridge.tls.inspect import InspectingTLS
 from voicebridge.tools import diagnosis as dx
 from voicebridge.tools.diagnosis import FAIL, OK, SKIP, STREAM, WARN, WEBHOOK, HTTPAnswer, Step
+from voicebridge.tools.probe import judge
+from voicebridge.tools.probe.options import ProbeOptions, redacted, sibling_path, twilio_form, without_userinfo
+from voicebridge.tools.probe.report import Report
 from voicebridge.tools.twiliosim import FRAME_MS, CallScript, new_sid, play_call
 from voicebridge.twilio.signatures import SignatureChecker
 
@@ -51,110 +46,8 @@ MAX_REDIRECTS = 10
 MAX_BODY = 1024 * 1024
 USER_AGENT = "TwilioProxy/1.1 (voicebridge probe)"
 REDIRECTS = (301, 302, 303, 307, 308)
-
-
-class UsageError(ValueError):
-    pass
-
-
-# Options.
-
-
-@dataclass(frozen=True)
-class ConnectTo:
-    """curl's --connect-to: connections meant for HOST:PORT go to ADDR:PORT; SNI and Host stay."""
-
-    host: str
-    port: int | None
-    to_host: str
-    to_port: int | None
-
-    def target(self, host: str, port: int) -> tuple[str, int] | None:
-        if self.host and self.host.lower() != host.lower():
-            return None
-        if self.port is not None and self.port != port:
-            return None
-        return (self.to_host or host, self.to_port or port)
-
-
-_CONNECT_TO = re.compile(r"^(\[[^\]]*\]|[^:\[\]]*):(\d*):(\[[^\]]*\]|[^:\[\]]*):(\d*)$")
-
-
-def parse_connect_to(spec: str) -> ConnectTo:
-    match = _CONNECT_TO.match(spec.strip())
-    if not match:
-        raise UsageError(f"--connect-to {spec!r} is not HOST:PORT:ADDR:PORT (IPv6 in brackets; empty parts match any)")
-    host, port, to_host, to_port = match.groups()
-    ports = []
-    for text in (port, to_port):
-        if text and not 0 < int(text) < 65536:
-            raise UsageError(f"--connect-to {spec!r}: {text} is not a TCP port")
-        ports.append(int(text) if text else None)
-    return ConnectTo(host.strip("[]"), ports[0], to_host.strip("[]"), ports[1])
-
-
-@dataclass
-class ProbeOptions:
-    url: str
-    auth_token: str | None = field(default=None, repr=False)
-    params: list = field(default_factory=list)
-    seconds: float = 3.0
-    cafile: str | None = None
-    connect_to: list = field(default_factory=list)
-    local: bool = False
-    expect: str = "media"
-    timeout: float = 10.0
-
-    def __post_init__(self):
-        parts = urlsplit(self.url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UsageError(f"{self.url!r} is not an http(s):// webhook URL with a host")
-        try:
-            _ = parts.port
-        except ValueError:
-            raise UsageError(f"the port in {self.url!r} is not a number") from None
-        if not 0 < self.seconds <= 60:
-            raise UsageError("--seconds must be more than 0 and at most 60")
-        if not 0 < self.timeout <= 120:
-            raise UsageError("--timeout must be more than 0 and at most 120")
-        if self.expect not in ("media", "echo", "none"):
-            raise UsageError("--expect is media, echo or none")
-        if self.cafile:
-            try:
-                load_trust_root(self.cafile)
-            except ValueError as e:
-                raise UsageError(f"--cafile: {e}") from None
-
-    def route(self, host: str, port: int) -> tuple[str, int] | None:
-        for rule in self.connect_to:
-            target = rule.target(host, port)
-            if target is not None:
-                return target
-        return None
-
-
-def twilio_form(call_sid: str, account_sid: str, extra: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """What Twilio posts for an inbound call; ``--param`` adds or replaces fields."""
-    form = {
-        "AccountSid": account_sid,
-        "ApiVersion": "2010-04-01",
-        "CallSid": call_sid,
-        "CallStatus": "ringing",
-        "Called": "+15550100200",
-        "Caller": "+15550100100",
-        "Direction": "inbound",
-        "From": "+15550100100",
-        "To": "+15550100200",
-    }
-    for name, value in extra:
-        form[name] = value
-    return list(form.items())
-
-
-def sibling_path(path: str, token: str) -> str:
-    """A path beside ``path`` that surely does not exist, under the same proxy prefix."""
-    name = f"voicebridge-probe-{token}"
-    return path + name if path.endswith("/") else f"{path}-{name}"
+PLAIN_HTTP_AFTER = 1.0  # a TLS handshake not done by then: ask the port in plain HTTP (a TLS port answers in ms)
+PLAIN_HTTP_WAIT = 3.0
 
 
 # I/O helpers.
@@ -232,7 +125,7 @@ def tls_error_text(failure, timeout: float) -> str:
     if failure.check(defer.TimeoutError, error.TimeoutError):
         return f"no TLS handshake within {timeout:g} s: the port does not seem to speak TLS"
     value = failure.value
-    errors = getattr(value, "args", [None])[0]
+    errors = (getattr(value, "args", None) or [None])[0]
     if isinstance(errors, list) and errors and isinstance(errors[0], tuple):
         return "; ".join(str(e[-1]) for e in errors if e and e[-1]) or str(value)
     if failure.check(error.ConnectionDone, error.ConnectionLost):
@@ -270,58 +163,6 @@ class Stop(Exception):
 
 
 # The probe.
-
-
-@dataclass
-class Report:
-    url: str
-    steps: list
-    diagnosis: dx.Diagnosis
-    local: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return self.diagnosis.ok
-
-    @property
-    def exit_status(self) -> int:
-        return 0 if self.ok else 1
-
-    def step(self, name: str) -> Step:
-        return next(s for s in self.steps if s.name == name)
-
-    def as_json(self) -> dict:
-        return {
-            "ok": self.ok,
-            "diagnosis": self.diagnosis.code,
-            "message": self.diagnosis.message,
-            "fix": self.diagnosis.fix,
-            "twilio_error": self.diagnosis.twilio_error,
-            "url": self.url,
-            "local": self.local,
-            "steps": [s.as_json() for s in self.steps],
-        }
-
-    def text(self) -> str:
-        marks = {OK: "ok  ", WARN: "warn", FAIL: "FAIL", SKIP: "-   "}
-        width = max(len(s.name) for s in self.steps)
-        lines = [f"voicebridge probe {self.url}{' (--local)' if self.local else ''}", ""]
-        for s in self.steps:
-            lines.append(f"  {marks[s.status]}  {s.name.ljust(width)}  {s.summary}")
-            for warning in s.warnings:
-                lines.append(f"  {'':4}  {'':{width}}  ! {warning}")
-        d = self.diagnosis
-        lines += ["", f"diagnosis: {d.code}"]
-        lines += textwrap.wrap(d.message, 100, initial_indent="  ", subsequent_indent="  ")
-        lines.append("fix:")
-        for paragraph in d.fix.splitlines():
-            if paragraph.startswith("    "):
-                lines.append("  " + paragraph)
-            else:
-                lines += textwrap.wrap(paragraph, 100, initial_indent="  ", subsequent_indent="  ") or [""]
-        if not d.ok:
-            lines.append(f"a real call shows Twilio error: {d.twilio_error}")
-        return "\n".join(lines)
 
 
 class Probe:
@@ -390,20 +231,12 @@ class Probe:
         await self._stream(stream_url, parameters, expect)
 
     def _judge_url(self, step: Step, url: str, role: str) -> None:
-        problems = dx.check_url(url, role, self.options.local)
-        step.data["problems"] = [asdict(p) for p in problems]
-        fatal = [p.text for p in problems if p.fatal]
-        step.warnings = [p.text for p in problems if not p.fatal]
-        parts = urlsplit(url)
-        if fatal:
-            self._done(step, FAIL, "; ".join(fatal))
-            return
-        if role == STREAM:
-            port = parts.port or (443 if parts.scheme == "wss" else 80)
-            summary = f"{parts.scheme}://, no query string, port {port}, host {parts.hostname}"
-        else:
-            summary = f"{parts.scheme}:// {parts.hostname}" + (f" port {parts.port}" if parts.port else "")
-        self._done(step, WARN if step.warnings else OK, summary)
+        self._record(step, judge.judge_url(url, role, self.options.local))
+
+    def _record(self, step: Step, verdict: judge.Verdict, started: float | None = None) -> Step:
+        step.data.update(verdict.data)
+        step.warnings.extend(w for w in verdict.warnings if w not in step.warnings)
+        return self._done(step, verdict.status, verdict.summary, started)
 
     # One host: resolve, connect, TLS.
 
@@ -427,10 +260,7 @@ class Probe:
                 raise Stop from None
             addresses = sorted({info[4][0] for info in infos})
             step.data["addresses"] = addresses
-            if not target and not self.options.local and all(dx.not_public(a) for a in addresses):
-                step.warnings.append(
-                    f"{host} resolves only to private addresses here; Twilio needs public ones (fine if your public DNS differs)"
-                )
+            step.warnings += judge.resolve_warnings(host, addresses, target is not None, self.options.local)
             self._done(step, WARN if step.warnings else OK, f"{host} -> {', '.join(addresses)}{note}", started)
 
         step = self._add(f"{prefix}connect", "connect", address=f"{host}:{port}", timeout=self.options.timeout, **common)
@@ -452,16 +282,32 @@ class Probe:
         step = self._add(f"{prefix}tls", "tls", hostname=origin.host, **common)
         started = self.reactor.seconds()
         inspector = InspectingTLS(origin.host, self.options.cafile)
-        try:
-            await self._handshake(origin, host, port, inspector)
-        except Exception as e:  # noqa: BLE001
-            failure = Failure(e)
+        handshake = self._handshake(origin, host, port, inspector)
+        outcome: list = []
+        settled = defer.Deferred()
+        handshake.addBoth(lambda result: (outcome.append(result), settled.called or settled.callback(None)))
+        # A port without TLS may sit on a ClientHello until its own timeout: after a moment, ask it in plain HTTP.
+        plain = await self._plain_http_meanwhile(settled, host, port, origin)
+        if plain is not None and not judge.conclusive_while_waiting(plain):
+            plain = None  # let the TLS handshake decide; its failure asks again
+        if plain is not None:
+            handshake.cancel()
+            reason = f"a plain HTTP request got {plain!r}"
+            step.data.update(problem="no-tls", reason=reason, problems=[reason])
+            return self._tls_failed(step, origin, reason, started)
+        await settled
+        if isinstance(outcome[0], Failure):
+            failure = outcome[0]
             if inspector.connection is not None and inspector.connection.get_peer_certificate() is not None:
                 findings = inspector.findings()
             else:
                 findings = None
             reason = tls_error_text(failure, self.options.timeout)
-            step.data.update(problem="handshake-failed", reason=reason, problems=[reason])
+            plain = await self._plain_http(host, port, origin)
+            problem = "no-tls" if plain is not None else "handshake-failed"
+            if plain is not None:
+                reason = f"a plain HTTP request got {plain!r} ({reason})"
+            step.data.update(problem=problem, reason=reason, problems=[reason])
             if findings is not None:
                 step.data["chain"] = findings.chain
             return self._tls_failed(step, origin, reason, started)
@@ -471,16 +317,60 @@ class Probe:
             return self._tls_failed(step, origin, findings.reason, started)
         leaf = findings.chain[0]
         self._tls[origin] = self._verified(origin)
+        if self.options.cafile:
+            public = InspectingTLS(origin.host)
+            try:
+                await self._handshake(origin, host, port, public)
+                step.warnings += judge.tls_warnings(self.options.cafile, bool(public.findings().problem))
+            except Exception:  # noqa: BLE001 - the verdict stands on the first handshake
+                pass
         self._done(
             step,
-            OK,
+            WARN if step.warnings else OK,
             f"{findings.protocol}; certificate for {', '.join(findings.names[:3]) or leaf['subject']} issued by "
             f"{leaf['issuer']}, expires {leaf['not_after'][:10]}; {len(findings.chain)} certificate(s) sent",
             started,
         )
 
+    async def _plain_http_meanwhile(self, settled, host: str, port: int, origin: Origin) -> str | None:
+        waited = defer.Deferred()
+        timer = self.reactor.callLater(PLAIN_HTTP_AFTER, lambda: waited.called or waited.callback(None))
+        settled.addBoth(lambda result: (waited.called or waited.callback(None), result)[1])
+        await waited
+        if settled.called:
+            if timer.active():
+                timer.cancel()
+            return None
+        return await self._plain_http(host, port, origin)
+
+    async def _plain_http(self, host: str, port: int, origin: Origin) -> str | None:
+        """The status line if ``host:port`` answers a plain HTTP request as an HTTP server would."""
+        endpoint = endpoint_for(self.reactor, f"http://{origin}/", connect_to=(host, port), timeout=PLAIN_HTTP_WAIT)
+        head = defer.Deferred()
+        request = f"HEAD / HTTP/1.0\r\nHost: {origin.host}\r\nUser-Agent: {USER_AGENT}\r\n\r\n".encode("latin-1")
+
+        class Sniff(protocol.Protocol):
+            def connectionMade(self):
+                self.transport.write(request)
+
+            def dataReceived(self, data):
+                if not head.called:
+                    head.callback(data)
+                self.transport.loseConnection()
+
+            def connectionLost(self, reason):
+                if not head.called:
+                    head.callback(b"")
+
+        try:
+            await endpoint.connect(protocol.Factory.forProtocol(Sniff)).addTimeout(PLAIN_HTTP_WAIT, self.reactor)
+            data = await head.addTimeout(PLAIN_HTTP_WAIT, self.reactor)
+        except Exception:  # noqa: BLE001 - no answer: nothing to conclude
+            return None
+        return judge.plain_http_answer(data)
+
     def _tls_failed(self, step: Step, origin: Origin, reason: str, started: float) -> None:
-        if self.options.local:
+        if judge.tls_failure_status(step.data.get("problem", ""), self.options.local) == WARN:
             step.warnings.append(f"{reason} (accepted because of --local; Twilio would refuse it)")
             self._tls[origin] = InspectingTLS(origin.host, self.options.cafile)
             self._done(step, WARN, f"{dx.code_for(step)}: {reason}", started)
@@ -591,10 +481,13 @@ class Probe:
             content_type=content_type,
             diagnosis_header=headers_in.get("x-voicebridge-diagnosis"),
             www_authenticate=headers_in.get("www-authenticate"),
+            server=headers_in.get("server"),
+            edge={k: v for k, v in headers_in.items() if k in dx.EDGE_HEADERS},
+            checked_url=judge.checked_url(content) if headers_in.get("x-voicebridge-diagnosis") else None,
             redirects=redirects,
             final_url=signed_url,
         )
-        summary = f"{method} {'signed' if self.signer else 'UNSIGNED'} -> {response.code} {content_type or '(no Content-Type)'}"
+        summary = judge.webhook_summary(method, self.signer is not None, response.code, content_type)
         if not self.signer:
             step.warnings.append("no --auth-token: the request was not signed, as Twilio's always is")
         if not 200 <= response.code < 300:
@@ -608,14 +501,12 @@ class Probe:
         step = self._add("twiml", "twiml")
         twiml = dx.read_twiml(headers_of(response).get("content-type"), body)
         step.data.update(twiml.as_dict())
-        step.warnings = list(twiml.notes)
+        verdict, expect = judge.judge_twiml(twiml, self.options.expect)
         if twiml.problem:
             step.data["excerpt"] = body[:200].decode("utf-8", "replace").strip()
-            self._done(step, FAIL, twiml.reason)
+        self._record(step, verdict)
+        if verdict.status == FAIL:
             raise Stop
-        names = ", ".join(twiml.parameters) or "none"
-        self._done(step, WARN if twiml.verb == "Start" else OK, f"{twiml.reason} with <Parameter>s: {names}")
-        expect = "none" if twiml.verb == "Start" else self.options.expect
         return twiml.parameters, twiml.stream_url, expect
 
     # The stream.
@@ -658,6 +549,7 @@ class Probe:
             sibling = sibling_path(path, self._token)
             answers = await self._compare(stream_url, path, sibling, tls, route)
             step.data.update(path=path, sibling=sibling, answers={"upgrade": upgrade.as_dict(), **answers})
+            step.data["upstream"] = judge.upstream_of(outcome.handshake_body or b"")
             verdict = dx.handshake_verdict(step.data)
             shown = upgrade.status if upgrade.status is not None else "no answer"
             self._done(step, FAIL, f"GET {path} with Upgrade -> {shown}: {verdict.reason}", started)
@@ -724,45 +616,10 @@ class Probe:
             "listen_seconds": min(end - (outcome.opened_at or end), len(sent) * FRAME_MS / 1000 + 1.0),
         }
         media = self._add("media", "media", **data)
-        seconds = len(sent) * FRAME_MS / 1000
-        summary = f"sent {len(sent)} frame(s) ({seconds:.1f} s); {len(received)} media frame(s) came back"
-        if expect == "echo" or echoed:
-            summary += f", {echoed} echoed unchanged"
-        if outcome.marks:
-            summary += f", {len(outcome.marks)} marks"
-        if outcome.foreign:
-            media.warnings.append(f"messages Twilio would not understand (31951): {sorted(set(outcome.foreign))}")
-        failed = (
-            closed_early
-            or (expect == "media" and not received)
-            or (expect == "echo" and (len(received) != len(sent) or echoed != len(sent)))
-        )
-        if closed_early:
-            summary = f"the app closed the stream after {data['open_seconds']:.1f} s (code {outcome.close_code}); " + summary
-        self._done(media, FAIL if failed else (WARN if media.warnings else OK), summary)
+        self._record(media, judge.judge_media(data, list(outcome.foreign), list(outcome.marks)))
         media.seconds = data["open_seconds"]
         stop = self._add("stop", "stop", close_code=outcome.close_code, closed_by_app=outcome.closed_by_server)
-        if not outcome.stop_sent:
-            self._done(stop, SKIP, "not sent: the stream was already closed")
-        elif outcome.closed_by_server:
-            self._done(stop, OK, f"stop sent; the app closed the stream with {outcome.close_code}")
-        else:
-            self._done(stop, OK, f"stop sent; the app did not close within 0.5 s, so Twilio's side closed ({outcome.close_code})")
-
-
-def without_userinfo(url: str) -> str:
-    """The URL Twilio signs and requests: credentials in it are sent as HTTP authentication instead."""
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
-
-
-def redacted(url: str) -> str:
-    """The URL for output: a password in it is shown as ***."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    userinfo, _, host = parts.netloc.rpartition("@")
-    return urlunsplit(parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{host}"))
+        self._record(stop, judge.judge_stop(outcome.stop_sent, outcome.closed_by_server, outcome.close_code))
 
 
 def timed_out(e: Exception) -> bool:
@@ -780,89 +637,3 @@ def _request_error(e: Exception) -> str:
         reasons = [r.getErrorMessage() for r in e.reasons]
         return "the connection broke before a full answer: " + "; ".join(reasons)
     return str(e) or type(e).__name__
-
-
-# The command.
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument(
-        "url", metavar="WEBHOOK_URL", help="the voice webhook URL configured in Twilio, e.g. https://voice.example.com/voice"
-    )
-    parser.add_argument(
-        "--auth-token",
-        help="the Twilio auth token to sign with, as Twilio does (else TWILIO_AUTH_TOKEN; it shows in ps, prefer the variable)",
-    )
-    parser.add_argument("--auth-token-file", metavar="FILE", help="read the auth token from a file")
-    parser.add_argument(
-        "--param", action="append", default=[], metavar="KEY=VALUE", help="a webhook form field to add or replace (repeatable)"
-    )
-    parser.add_argument("--seconds", type=float, default=3.0, help="seconds of 20 ms media frames to send (default 3)")
-    parser.add_argument("--cafile", metavar="FILE", help="trust the CA certificates in this PEM file instead of the system's")
-    parser.add_argument(
-        "--connect-to",
-        action="append",
-        default=[],
-        metavar="HOST:PORT:ADDR:PORT",
-        help="send connections meant for HOST:PORT to ADDR:PORT; SNI and Host stay (curl's meaning, repeatable)",
-    )
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the checklist")
-    parser.add_argument(
-        "--local",
-        action="store_true",
-        help="a developer's daemon (http://127.0.0.1:8080/voice): ws://, TLS, ports and private hosts only warn",
-    )
-    parser.add_argument(
-        "--expect",
-        choices=("media", "echo", "none"),
-        default="media",
-        help="what the app sends back: some media (default), an echo of every frame, or nothing required",
-    )
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for a connection or handshake (default 10)")
-
-
-def options_from(args, environ=os.environ) -> ProbeOptions:
-    try:
-        if args.auth_token is not None:
-            token = Secret(args.auth_token.strip()) or None
-        else:
-            token = read_auth_token(args.auth_token_file, environ)
-        params = name_value_pairs(args.param, "--param")
-    except (ConfigError, ValueError) as e:
-        raise UsageError(str(e)) from None
-    return ProbeOptions(
-        url=args.url,
-        auth_token=token,
-        params=params,
-        seconds=args.seconds,
-        cafile=args.cafile,
-        connect_to=[parse_connect_to(spec) for spec in args.connect_to],
-        local=args.local,
-        expect=args.expect,
-        timeout=args.timeout,
-    )
-
-
-def run(args) -> int:
-    from twisted.internet import task
-
-    try:
-        options = options_from(args)
-    except UsageError as e:
-        print(f"voicebridge probe: {e}", file=sys.stderr)
-        return 2
-
-    async def main(reactor):
-        try:
-            report = await Probe(reactor, options).run()
-        except Exception:
-            import traceback
-
-            traceback.print_exc()
-            print("voicebridge probe: internal error (above); please report it", file=sys.stderr)
-            raise SystemExit(3) from None
-        print(json.dumps(report.as_json(), indent=2) if args.json else report.text())
-        raise SystemExit(report.exit_status)
-
-    task.react(lambda reactor: defer.Deferred.fromCoroutine(main(reactor)))
-    return 3  # react exits; reaching here means the reactor could not run
