@@ -103,6 +103,17 @@ class BoundedChannel(HTTPChannel):
         self._disarm()
         self._receiving = False
         super().allContentReceived()
+        if self.transport is None:
+            self._upgraded()
+
+    def _upgraded(self) -> None:
+        """The request took the connection over (a WebSocket upgrade): this channel is done with it.
+
+        Autobahn leaves the request, never finished, in ``requests``, and the request points back
+        here: a cycle only the collector frees. Dropping it and the idle timer frees both at once.
+        """
+        self.setTimeout(None)
+        self.requests = []
 
     def requestDone(self, request):
         self._receiving = True
