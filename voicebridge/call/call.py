@@ -16,9 +16,9 @@ from twisted.logger import Logger
 from voicebridge import handlers as handler_registry
 from voicebridge.call.capacity import Capacity
 from voicebridge.call.guards import CallGuards
-from voicebridge.call.stats import CallTotals
+from voicebridge.call.stats import CALL_OBJECTS, CallTotals
 from voicebridge.config.file import NoTenant
-from voicebridge.observe.logs import mask_parameters, printable
+from voicebridge.observe.logs import loggable_parameters, printable
 from voicebridge.twilio import messages
 from voicebridge.web.connectaction import ConnectActions
 
@@ -85,6 +85,7 @@ class Call:
         self.keeps_frames = False
         self.guards = CallGuards(self, registry.limits, clock)
         self._seconds = clock.seconds
+        CALL_OBJECTS.add(self)
         self._dispatch = {  # plain functions, not bound methods: no cycle back to this call
             messages.Media: Call._on_media,
             messages.Connected: Call._on_connected,
@@ -234,7 +235,7 @@ class Call:
                 "call refused callSid={callSid}: {reason}",
                 event_name="call.no_tenant",
                 reason=e.describe(self.registry.show_numbers),
-                parameters=mask_parameters(self.parameters, self.registry.show_numbers),
+                parameters=loggable_parameters(self.parameters, self.registry.show_numbers),
                 **self.ids,
             )
             self._end("refused")  # frames still in flight are the ended call's, not protocol errors
@@ -275,7 +276,7 @@ class Call:
             handler=self.handler_name,
             tracks=printable(",".join(message.tracks), 80),
             media_format=message.media_format,
-            parameters=mask_parameters(self.parameters, self.registry.show_numbers),
+            parameters=loggable_parameters(self.parameters, self.registry.show_numbers),
             **self.ids,
         )
         self._handler("on_start", message)

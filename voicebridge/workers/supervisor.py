@@ -40,6 +40,7 @@ from voicebridge.observe.logs import printable
 from voicebridge.web.admission import Admission
 from voicebridge.web.publicurl import PublicURLs, TrustedProxies
 from voicebridge.workers import control, sockets
+from voicebridge.workers.output import StartupOutput
 from voicebridge.workers.peers import ENVIRONMENT, WorkerSpec
 
 log = Logger(namespace="voicebridge.supervisor")
@@ -91,6 +92,7 @@ class WorkerProcess(protocol.ProcessProtocol):
         self._control = control.LineDecoder()
         self._log = control.Lines()
         self._stderr = control.Lines()
+        self.startup_output = StartupOutput()  # what it writes before it is ready: told as one line
 
     def connectionMade(self):
         self.pid = self.transport.pid
@@ -110,6 +112,7 @@ class WorkerProcess(protocol.ProcessProtocol):
         for line in (self._log.rest(), self._stderr.rest()):
             if line.strip():
                 self.supervisor.relay_output(self, line)
+        self.supervisor.tell_startup_output(self)
         self.ended = True
         self.supervisor.worker_ended(self, reason.value)
 
@@ -282,6 +285,7 @@ class Supervisor(MultiService):
         op = message["op"]
         if op == "ready":
             worker.ready = True
+            self.tell_startup_output(worker)
             worker.send(self._peers_of(worker, self._machine_census()))
             for sid, tenant_id, seconds in self.reservations.remaining():  # made before it was there
                 worker.send({"op": "reserve", "sid": sid, "tenant": tenant_id, "seconds": seconds})
@@ -396,7 +400,12 @@ class Supervisor(MultiService):
         globalLogPublisher(event)
 
     def relay_output(self, worker: WorkerProcess, line: bytes) -> None:
-        """What a worker wrote outside its log (a traceback before logging began, a usage error)."""
+        """What a worker wrote outside its log (a traceback before logging began, a usage error).
+
+        Before it is ready, gathered and told as one line when it is ready or gone (``tell_startup_output``)."""
+        if not worker.ready:
+            worker.startup_output.add(line)
+            return
         text = line.decode("utf-8", "replace").strip("\x1e\r\n")
         if text.strip():
             log.warn(
@@ -405,6 +414,18 @@ class Supervisor(MultiService):
                 worker=worker.index,
                 worker_pid=worker.pid,
                 line=printable(text, 2000),
+            )
+
+    def tell_startup_output(self, worker: WorkerProcess) -> None:
+        summary = worker.startup_output.summary()
+        worker.startup_output.clear()
+        if summary is not None:
+            log.warn(
+                "worker {worker}: {line}",
+                event_name="worker.output",
+                worker=worker.index,
+                worker_pid=worker.pid,
+                line=printable(summary, 2000),
             )
 
     def worker_ended(self, worker: WorkerProcess, status) -> None:
