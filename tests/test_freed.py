@@ -1,0 +1,75 @@
+"""Ended calls are freed by reference counting: nothing waits for the cycle collector (issue 16).
+
+Each ended call used to leave reference cycles (the Call and its handler and guards, the stream
+protocol and the Deferred Autobahn resolves with it, the HTTP channel and the upgrade request)
+that only the collector frees: RSS climbed 66 -> 77 MB over 9 minutes of soak. Here the daemon's
+own Site (``tap.makeService``) serves real loopback calls in this process with the collector
+switched off; once the calls have ended, not one of those objects may remain.
+"""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, task
+
+from voicebridge.call.call import Call
+from voicebridge.call.guards import CallGuards
+from voicebridge.call.stats import CALL_OBJECTS
+from voicebridge.call.stream import MediaStreamProtocol
+from voicebridge.daemon.tap import Options, makeService
+from voicebridge.tools.twiliosim import CallScript, play_call
+from voicebridge.web.channel import BoundedChannel, BoundedRequest
+
+SERVER_TYPES = (Call, CallGuards, MediaStreamProtocol, BoundedChannel, BoundedRequest)
+
+
+def serve(reactor, *args):
+    options = Options()
+    options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1", *args])
+    return reactor.listenTCP(0, makeService(options, reactor).site, interface="127.0.0.1")
+
+
+def server_objects() -> dict:
+    """The server's call objects still in memory, reachable or not (the collector is off: garbage stays)."""
+    found: dict = {}
+    for obj in gc.get_objects():
+        if isinstance(obj, SERVER_TYPES):
+            found[type(obj).__name__] = found.get(type(obj).__name__, 0) + 1
+    return found
+
+
+@pytest_twisted.inlineCallbacks
+@pytest.mark.parametrize("handler", ["echo", "record"])
+def test_ended_calls_are_freed_without_the_cycle_collector(handler, tmp_path):
+    from twisted.internet import reactor
+
+    args = ["--handler", "record", "--record-dir", str(tmp_path), "--record-handler", "echo"] if handler == "record" else []
+    port = serve(reactor, *args)
+    url = f"ws://127.0.0.1:{port.getHost().port}/twilio-media"
+    try:
+        yield play_call(reactor, url, CallScript(frames=2, linger=0.05))  # imports and caches warmed
+        yield task.deferLater(reactor, 0.2, lambda: None)
+        gc.collect()
+        gc.disable()
+        try:
+            scripts = [
+                CallScript(frames=5, linger=0.05, dtmf="1", marks=("m",), send_stop=i % 3 != 0, close_after=0.05)
+                for i in range(12)
+            ]
+            outcomes = yield defer.gatherResults([play_call(reactor, url, s) for s in scripts])
+            assert all(o.opened and o.received == o.sent for o in outcomes), "the calls worked"
+            for _ in range(50):  # the server finishes closing (and saving) a moment after the client
+                if not CALL_OBJECTS and not server_objects():
+                    break
+                yield task.deferLater(reactor, 0.1, lambda: None)
+            assert len(CALL_OBJECTS) == 0, "every ended Call was freed"
+            assert server_objects() == {}, "no call object is left waiting for the cycle collector"
+        finally:
+            gc.enable()
+    finally:
+        yield port.stopListening()
+    if handler == "record":
+        assert len(list(tmp_path.glob("*.wav"))) == len(list(tmp_path.glob("*.json"))) == 13
