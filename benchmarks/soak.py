@@ -59,8 +59,8 @@ def metric(port: int, name: str) -> float | None:
 def start_daemon(args) -> Daemon:
     python = [sys.executable, "-c", GC_OFF_BOOT] if args.no_gc else [sys.executable, "-m", "twisted"]
     command = ["taskset", "-c", str(args.cpu), *python, "voicebridge"]
-    daemon = Daemon(["--listen", "tcp:0:interface=127.0.0.1", "--idle-timeout", "10"], command=command)
-    if args.source:
+    daemon = Daemon(["--listen", "tcp:0:interface=127.0.0.1", "--idle-timeout", "10"], command=command, cwd=args.source)
+    if args.source:  # first on the path (``python -c`` puts the working directory before it)
         daemon.env["PYTHONPATH"] = os.pathsep.join([args.source, daemon.env.get("PYTHONPATH", "")])
     return daemon.start()
 

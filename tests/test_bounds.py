@@ -291,3 +291,11 @@ def test_a_traceback_is_told_by_its_last_line():
         output.add(line)
     assert output.summary() == "ValueError: no (and 3 more lines of output)"
     assert StartupOutput().summary() is None
+
+
+@pytest.mark.parametrize("track", [{"a": 1}, ["inbound"], 5, None, "INBOUND"])
+def test_media_fields_reads_any_track_without_raising(track):
+    """Found by fuzz/fuzz_messages.py: an object as the track of an otherwise exact media frame raised TypeError."""
+    good = orjson.loads(m.twilio_media(SID, b"\x01" * 160, 1, 0, 1))
+    frame = orjson.dumps({**good, "media": {**good["media"], "track": track}})
+    assert m.media_fields(frame) is None
