@@ -46,7 +46,11 @@ def test_the_parser_returns_a_message_or_raises_message_error_only(frame):
     try:
         message = m.parse(frame)
     except m.MessageError as e:
-        assert e.reason in {"invalid-json", "not-object", "missing-event", "missing-field", "bad-field", "bad-base64"}
+        assert e.reason in {"invalid-json", "not-object", "missing-event", "missing-field", "bad-field", "bad-base64"} | {
+            "too-deep",
+            "too-many-parameters",
+            "parameter-too-long",
+        }
         return
     assert isinstance(message, MESSAGE_TYPES)
 
