@@ -795,3 +795,31 @@ def test_bad_limit_options_fail_start_up_with_the_flag_named():
         d.start(wait=False)
         assert d.wait_exit(30) != 0
         assert expected in d.output, d.output[-2000:]
+
+
+def test_a_deep_media_format_under_record_costs_no_sidecar_and_a_wav_always_has_one(start_daemon, tmp_path):
+    """Depth 960 wrote a 1.85 MB sidecar from a 2 KB message; depth 1015 left a WAV without one (record.failed)."""
+    d = start_daemon("--handler", "record", "--record-dir", str(tmp_path), "--record-handler", "echo")
+    for depth in (960, 1015):
+        call_sid = "CA" + str(depth).ljust(32, "0")
+        deep = b'{"event":"start","streamSid":"%s","start":{"callSid":"%s","mediaFormat":%s}}' % (
+            SID.encode(),
+            call_sid.encode(),
+            b'{"a":' * depth + b"1" + b"}" * depth,
+        )
+        with hostile.RawStream(d.port) as stream:
+            assert stream.status == 101
+            stream.text(m.twilio_connected())
+            stream.text(deep)
+            stream.text(m.twilio_start(SID, call_sid, ACC, {f"p{i}": "v" * 499 for i in range(20)}))
+            stream.text(m.twilio_media(SID, b"\x42" * 160, 1, 0, 3))
+            assert m.parse_outbound(stream.next_message()[1]).payload == b"\x42" * 160
+            stream.text(m.twilio_stop(SID, call_sid, ACC, 4))
+            assert stream.until_close(5)[0] == 1000
+        saved = d.wait_for(lambda e: e.get("event_name") == "record.saved" and e.get("callSid") == call_sid)
+        assert d.named("call.protocol_error", reason="too-deep"), "the deep start was refused, precisely"
+        sidecar = tmp_path / saved["sidecar"].rsplit("/", 1)[-1]
+        assert sidecar.stat().st_size < 64 * 1024, "about the size of what the peer sent, not its square"
+    assert not d.named("record.failed")
+    wavs, sidecars = sorted(p.stem for p in tmp_path.glob("*.wav")), sorted(p.stem for p in tmp_path.glob("*.json"))
+    assert wavs == sidecars and len(wavs) == 2
