@@ -20,10 +20,11 @@ from voicebridge.call.guards import CallGuards
 from voicebridge.call.stats import CALL_OBJECTS
 from voicebridge.call.stream import MediaStreamProtocol
 from voicebridge.daemon.tap import Options, makeService
+from voicebridge.handlers.relay import RelayHandler, UpstreamProtocol
 from voicebridge.tools.twiliosim import CallScript, play_call
 from voicebridge.web.channel import BoundedChannel, BoundedRequest
 
-SERVER_TYPES = (Call, CallGuards, MediaStreamProtocol, BoundedChannel, BoundedRequest)
+SERVER_TYPES = (Call, CallGuards, MediaStreamProtocol, BoundedChannel, BoundedRequest, RelayHandler, UpstreamProtocol)
 
 
 def serve(reactor, *args):
@@ -44,11 +45,20 @@ def server_objects(existing=()) -> dict:
 
 
 @pytest_twisted.inlineCallbacks
-@pytest.mark.parametrize("handler", ["echo", "record"])
+@pytest.mark.parametrize("handler", ["echo", "record", "relay"])
 def test_ended_calls_are_freed_without_the_cycle_collector(handler, tmp_path):
     from twisted.internet import reactor
 
-    args = ["--handler", "record", "--record-dir", str(tmp_path), "--record-handler", "echo"] if handler == "record" else []
+    from tests.mediaapp import MediaApp
+
+    app = None
+    if handler == "relay":
+        app = yield MediaApp().listen(reactor)
+        args = ["--handler", "relay", "--relay-url", app.url]
+    elif handler == "record":
+        args = ["--handler", "record", "--record-dir", str(tmp_path), "--record-handler", "echo"]
+    else:
+        args = []
     port = serve(reactor, *args)
     url = f"ws://127.0.0.1:{port.getHost().port}/twilio-media"
     try:
@@ -76,5 +86,7 @@ def test_ended_calls_are_freed_without_the_cycle_collector(handler, tmp_path):
             gc.enable()
     finally:
         yield port.stopListening()
+        if app is not None:
+            yield app.stop()
     if handler == "record":
         assert len(list(tmp_path.glob("*.wav"))) == len(list(tmp_path.glob("*.json"))) == 13
