@@ -32,9 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.daemon import Daemon  # noqa: E402
 
-GC_OFF_BOOT = (
-    "import gc, sys; gc.disable(); from twisted.application.twist._twist import Twist; Twist.main(sys.argv)"
-)
+GC_OFF_BOOT = "import gc, sys; gc.disable(); from twisted.application.twist._twist import Twist; Twist.main(sys.argv)"
 
 
 def rss_mb(pid: int) -> float:
@@ -97,9 +95,7 @@ def main(argv=None) -> int:
         while time.monotonic() < deadline:
             serial[0] += 1
             dropped = serial[0] % 4 == 0
-            script = CallScript(
-                frames=args.frames, linger=0.2, dtmf="1", marks=("m",), send_stop=not dropped, close_after=0.1
-            )
+            script = CallScript(frames=args.frames, linger=0.2, dtmf="1", marks=("m",), send_stop=not dropped, close_after=0.1)
             try:
                 outcome = yield play_call(reactor, url, script, timeout=10).addTimeout(60, reactor)
             except Exception:

@@ -156,7 +156,9 @@ def _value(rng: random.Random, depth: int = 0):
             inner = [inner] if rng.random() < 0.5 else {"a": inner}
         return inner
     if kind == 1 and depth < 3:
-        return {rng.choice(["a", "x" * rng.randrange(600), "to", "From"]): _value(rng, depth + 1) for _ in range(rng.randrange(6))}
+        return {
+            rng.choice(["a", "x" * rng.randrange(600), "to", "From"]): _value(rng, depth + 1) for _ in range(rng.randrange(6))
+        }
     if kind == 2 and depth < 3:
         return [_value(rng, depth + 1) for _ in range(rng.randrange(6))]
     if kind == 3:
@@ -164,7 +166,11 @@ def _value(rng: random.Random, depth: int = 0):
     if kind == 4:
         return rng.choice([None, True, False, 0, -1, 2**63 - 1, 1.5, 10**18])
     if kind == 5:
-        return "".join(chr(rng.randrange(0x30000)) for _ in range(rng.randrange(8))).encode("utf-8", "replace").decode("utf-8", "replace")
+        return (
+            "".join(chr(rng.randrange(0x30000)) for _ in range(rng.randrange(8)))
+            .encode("utf-8", "replace")
+            .decode("utf-8", "replace")
+        )
     if kind == 6:
         return rng.choice(["", "MZ1&", "====", "inbound", "1", "12", "#", "AAAA", "+15557654321", "x" * 500, "a\nb"])
     return rng.choice(["MZ1", SID, "5", "-1", "AAAA", "inbound_track"])

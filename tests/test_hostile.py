@@ -816,7 +816,7 @@ def test_a_deep_media_format_under_record_costs_no_sidecar_and_a_wav_always_has_
             assert m.parse_outbound(stream.next_message()[1]).payload == b"\x42" * 160
             stream.text(m.twilio_stop(SID, call_sid, ACC, 4))
             assert stream.until_close(5)[0] == 1000
-        saved = d.wait_for(lambda e: e.get("event_name") == "record.saved" and e.get("callSid") == call_sid)
+        saved = d.wait_for(lambda e, sid=call_sid: e.get("event_name") == "record.saved" and e.get("callSid") == sid)
         assert d.named("call.protocol_error", reason="too-deep"), "the deep start was refused, precisely"
         sidecar = tmp_path / saved["sidecar"].rsplit("/", 1)[-1]
         assert sidecar.stat().st_size < 64 * 1024, "about the size of what the peer sent, not its square"

@@ -204,9 +204,7 @@ def _parameters(params) -> dict[str, str]:
     if not isinstance(params, dict):
         raise MessageError("bad-field", f"start.customParameters must be an object, got {_kind(params)}")
     if len(params) > MAX_PARAMETERS:
-        raise MessageError(
-            "too-many-parameters", f"start.customParameters has {len(params)} parameters, over {MAX_PARAMETERS}"
-        )
+        raise MessageError("too-many-parameters", f"start.customParameters has {len(params)} parameters, over {MAX_PARAMETERS}")
     for name, value in params.items():
         if not isinstance(value, str):
             raise MessageError("bad-field", f"start.customParameters[{name[:40]!r}] must be a string, got {_kind(value)}")
@@ -233,9 +231,7 @@ def _media_format(value) -> dict:
             or isinstance(item, str)
             and len(item) <= MAX_SHORT_TEXT
         ):
-            raise MessageError(
-                "bad-field", f"start.mediaFormat.{key[:32]} must be a number or a short string, got {_kind(item)}"
-            )
+            raise MessageError("bad-field", f"start.mediaFormat.{key[:32]} must be a number or a short string, got {_kind(item)}")
     return dict(value)
 
 
