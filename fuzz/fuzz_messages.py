@@ -43,7 +43,7 @@ from twisted.logger import eventAsJSON, globalLogPublisher  # noqa: E402
 
 
 def _import():
-    from voicebridge.call.call import CallRegistry
+    from voicebridge.call.registry import CallRegistry
     from voicebridge.config.file import Config, Settings
     from voicebridge.twilio import messages
 
