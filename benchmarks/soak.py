@@ -1,6 +1,6 @@
 """Soak: churn calls through a real ``twist voicebridge`` and watch its memory, fds and Call objects.
 
-    python benchmarks/soak.py [--minutes 6] [--concurrency 20] [--frames 50] [--every 30] [--cpu 1] [--no-gc]
+    python benchmarks/soak.py [--minutes 6] [--concurrency 20] [--frames 50] [--every 30] [--cpu N] [--no-gc]
 
 Starts the daemon (echo handler, development mode, loopback), then keeps ``--concurrency`` calls
 going for ``--minutes``: each opens the stream as Twilio does, sends ``--frames`` 20 ms frames, a
@@ -69,7 +69,9 @@ def main(argv=None) -> int:
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--frames", type=int, default=50, help="20 ms frames per call (default 50: one second)")
     parser.add_argument("--every", type=float, default=30, help="seconds between samples")
-    parser.add_argument("--cpu", type=int, default=1, help="the core both processes are pinned to")
+    parser.add_argument(
+        "--cpu", type=int, default=max(os.sched_getaffinity(0)), help="the core both processes are pinned to (default: the last)"
+    )
     parser.add_argument("--no-gc", action="store_true", help="the daemon runs with the cycle collector off")
     parser.add_argument("--source", help="run this checkout's voicebridge instead (a comparison)")
     parser.add_argument("--json", action="store_true", help="print the samples as one JSON object at the end")

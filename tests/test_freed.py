@@ -90,3 +90,25 @@ def test_ended_calls_are_freed_without_the_cycle_collector(handler, tmp_path):
             yield app.stop()
     if handler == "record":
         assert len(list(tmp_path.glob("*.wav"))) == len(list(tmp_path.glob("*.json"))) == 13
+
+
+def test_the_soak_script_runs_and_ends_with_no_call_object_left():
+    """benchmarks/soak.py keeps working (a few seconds of it; its figures are in docs/benchmarks.md, not asserted)."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.daemon import REPO, source_env
+
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "soak.py"), "--minutes", "0.15", "--every", "3", "--concurrency", "3"]
+        + ["--frames", "10", "--no-gc", "--json"],
+        capture_output=True,
+        text=True,
+        env=source_env(),
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads(done.stdout.strip().splitlines()[-1])["summary"]
+    assert summary["calls_churned"] > 0 and summary["calls_failed"] == 0
+    assert summary["call_objects_at_end"] == 0
