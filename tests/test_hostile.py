@@ -314,6 +314,23 @@ def test_slow_clients_are_cut_off_after_the_handshake_timeout(daemon, what):
     yield good_call(daemon)
 
 
+def test_a_kept_alive_connection_idle_after_a_request_is_closed_after_the_handshake_timeout(daemon):
+    """It was held 60 s (twisted.web's idle limit), whatever --handshake-timeout said (1.5 s here)."""
+    with hostile.connect(daemon.port, timeout=20) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: voice.example.test\r\n\r\n")
+        assert hostile.status_of(hostile.read_head(sock)) == 200
+        sock.settimeout(20)
+        rest = b""
+        try:
+            while chunk := sock.recv(4096):
+                rest += chunk
+        except TimeoutError:
+            raise AssertionError("still open 20 s later: held to twisted.web's 60 s, not --handshake-timeout") from None
+        except ConnectionResetError:
+            pass
+    assert b"408" not in rest.split(b"\r\n\r\n", 1)[-1][:20], "an idle connection is closed, not answered"
+
+
 # Frames.
 
 FRAME_CASES = {
@@ -357,8 +374,36 @@ JUNK_CASES = {
     "foreign-stream-sid": (m.twilio_media("MZ" + "f" * 32, b"\x01" * 160, 1, 0, 1), False),
     "bad-base64": (b'{"event":"media","streamSid":"%s","media":{"payload":"not base64!"}}' % SID.encode(), False),
     "unknown-event": (b'{"event":"transcription","streamSid":"%s","text":"hi"}' % SID.encode(), False),
+    # About 2 KB nested 1000 deep, in each field Twilio sends and in one it does not: a RecursionError
+    # before (an "Unhandled Error" traceback, the connection aborted, nothing counted).
+    "too-deep-custom-parameters": (
+        b'{"event":"start","streamSid":"%s","start":{"callSid":"CA1","customParameters":{"a":%s}}}'
+        % (SID.encode(), b"[" * 1000 + b"]" * 1000),
+        False,
+    ),
+    "too-deep-connected-protocol": (b'{"event":"connected","protocol":%s}' % (b"[" * 1000 + b"]" * 1000), False),
+    "too-deep-media-track": (
+        b'{"event":"media","streamSid":"%s","media":{"track":%s,"payload":"AAAA"}}' % (SID.encode(), b"[" * 1000 + b"]" * 1000),
+        False,
+    ),
+    "too-deep-dtmf-track": (
+        b'{"event":"dtmf","streamSid":"%s","dtmf":{"digit":"1","track":%s}}' % (SID.encode(), b"[" * 1000 + b"]" * 1000),
+        False,
+    ),
+    "too-deep-media-format": (
+        b'{"event":"start","streamSid":"%s","start":{"callSid":"CA1","mediaFormat":%s}}'
+        % (SID.encode(), b'{"a":' * 960 + b"1" + b"}" * 960),
+        False,
+    ),
+    "too-deep-unknown-field": (
+        b'{"event":"transcription","streamSid":"%s","x":%s}' % (SID.encode(), b"[" * 1000 + b"]" * 1000),
+        False,
+    ),
+    # 4,000 parameters fit in 64 KiB: a 176 KB call.started line before.
+    "too-many-parameters": (m.twilio_start(SID, "CA" + "8" * 32, ACC, {f"p{i}": "v" for i in range(4000)}), True),
 }
-REASONS = {"non-object-json": "not-object", "no-event": "missing-event"}
+REASONS = {"non-object-json": "not-object", "no-event": "missing-event", "too-many-parameters": "too-many-parameters"}
+REASONS.update({case: "too-deep" for case in JUNK_CASES if case.startswith("too-deep")})
 
 
 @pytest_twisted.inlineCallbacks
@@ -387,6 +432,9 @@ def test_junk_frames_are_counted_logged_once_and_the_call_goes_on(daemon, case):
     assert ended["frames_in"] == ended["frames_out"] == 1
     logged = [e for e in log.named("call.protocol_error") if e["reason"] == reason]
     assert len(logged) == 1, "logged once per call and reason"
+    assert log.named("call.started", callSid=call_sid), "the call's start line is there"
+    assert max(map(len, daemon.lines[log.start :])) < 8192, "every line it cost is short"
+    assert "Unhandled Error" not in "\n".join(daemon.lines[log.start :])
     yield good_call(daemon)
 
 
@@ -713,7 +761,8 @@ def test_handshakes_over_the_limit_get_503_and_starts_over_a_tenant_limit_are_cl
 def test_the_token_and_the_numbers_stay_out_of_the_log(start_daemon):
     d = start_daemon("--public-url", PUBLIC, env={"TWILIO_AUTH_TOKEN": TOKEN})
     number = "+15557654321"
-    path = "/voice?" + urlencode({"From": number, "To": "+15550100001", "CallSid": "CA9"})
+    fields = {"From": number, "To": "+15550100001", "CallSid": "CA9", "ForwardedFrom": "+15551230001"}
+    path = "/voice?" + urlencode({**fields, "CalledVia": "+15551230002", "Caller": number, "Called": "+15550100001"})
     assert request(d.port, "GET", path, headers={"X-Twilio-Signature": SIGNER.sign(PUBLIC + path)})[0] == 200
     assert request(d.port, "GET", path, headers={"X-Twilio-Signature": "forged"})[0] == 403
     post_form(d.port, "/voice", call_form(from_=number), {"X-Twilio-Signature": SIGNER.sign(f"{PUBLIC}/voice", call_form())})
@@ -725,7 +774,9 @@ def test_the_token_and_the_numbers_stay_out_of_the_log(start_daemon):
     assert "twilio-media?to=+1555*****21" in forged["message"], "the candidate URLs are shown, numbers masked"
     access = [e for e in d.named("http.access") if e["uri"].startswith("/voice?")]
     assert access and all("*****" in e["uri"] for e in access), "the access log masks numbers in the query"
-    assert number not in d.output and number.replace("+", "%2B") not in d.output
+    for shown in (number, "+15551230001", "+15551230002", "+15550100001"):
+        assert shown not in d.output and shown.replace("+", "%2B") not in d.output, shown
+        assert shown[1:] not in d.output, shown
     assert TOKEN not in d.output
     shown = start_daemon("--public-url", PUBLIC, "--show-numbers", env={"TWILIO_AUTH_TOKEN": TOKEN})
     request(shown.port, "GET", path, headers={"X-Twilio-Signature": SIGNER.sign(PUBLIC + path)})
@@ -744,3 +795,31 @@ def test_bad_limit_options_fail_start_up_with_the_flag_named():
         d.start(wait=False)
         assert d.wait_exit(30) != 0
         assert expected in d.output, d.output[-2000:]
+
+
+def test_a_deep_media_format_under_record_costs_no_sidecar_and_a_wav_always_has_one(start_daemon, tmp_path):
+    """Depth 960 wrote a 1.85 MB sidecar from a 2 KB message; depth 1015 left a WAV without one (record.failed)."""
+    d = start_daemon("--handler", "record", "--record-dir", str(tmp_path), "--record-handler", "echo")
+    for depth in (960, 1015):
+        call_sid = "CA" + str(depth).ljust(32, "0")
+        deep = b'{"event":"start","streamSid":"%s","start":{"callSid":"%s","mediaFormat":%s}}' % (
+            SID.encode(),
+            call_sid.encode(),
+            b'{"a":' * depth + b"1" + b"}" * depth,
+        )
+        with hostile.RawStream(d.port) as stream:
+            assert stream.status == 101
+            stream.text(m.twilio_connected())
+            stream.text(deep)
+            stream.text(m.twilio_start(SID, call_sid, ACC, {f"p{i}": "v" * 499 for i in range(20)}))
+            stream.text(m.twilio_media(SID, b"\x42" * 160, 1, 0, 3))
+            assert m.parse_outbound(stream.next_message()[1]).payload == b"\x42" * 160
+            stream.text(m.twilio_stop(SID, call_sid, ACC, 4))
+            assert stream.until_close(5)[0] == 1000
+        saved = d.wait_for(lambda e, sid=call_sid: e.get("event_name") == "record.saved" and e.get("callSid") == sid)
+        assert d.named("call.protocol_error", reason="too-deep"), "the deep start was refused, precisely"
+        sidecar = tmp_path / saved["sidecar"].rsplit("/", 1)[-1]
+        assert sidecar.stat().st_size < 64 * 1024, "about the size of what the peer sent, not its square"
+    assert not d.named("record.failed")
+    wavs, sidecars = sorted(p.stem for p in tmp_path.glob("*.wav")), sorted(p.stem for p in tmp_path.glob("*.json"))
+    assert wavs == sidecars and len(wavs) == 2

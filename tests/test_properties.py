@@ -46,7 +46,11 @@ def test_the_parser_returns_a_message_or_raises_message_error_only(frame):
     try:
         message = m.parse(frame)
     except m.MessageError as e:
-        assert e.reason in {"invalid-json", "not-object", "missing-event", "missing-field", "bad-field", "bad-base64"}
+        assert e.reason in {"invalid-json", "not-object", "missing-event", "missing-field", "bad-field", "bad-base64"} | {
+            "too-deep",
+            "too-many-parameters",
+            "parameter-too-long",
+        }
         return
     assert isinstance(message, MESSAGE_TYPES)
 
@@ -180,3 +184,144 @@ def test_the_checker_never_raises_whatever_it_is_given(url, form, signature, set
 @given(st.sampled_from(["http://h:99999/voice", "http://[::1/voice", "https://h:-1/x", "http://h:port/x"]), params)
 def test_unparseable_urls_match_nothing(url, form):
     assert CHECKER.valid_webhook(url, form, "c2lnbmF0dXJl") is False
+
+
+# Bounds (issue 16): nesting, sizes and types anywhere in Twilio's messages.
+
+BOUND_REASONS = {
+    "invalid-json",
+    "not-object",
+    "missing-event",
+    "missing-field",
+    "bad-field",
+    "bad-base64",
+    "too-deep",
+    "too-many-parameters",
+    "parameter-too-long",
+}
+TWILIO_MESSAGES = [
+    m.twilio_connected(),
+    m.twilio_start("MZ1", "CA1", "AC1", {"businessId": "b1"}),
+    m.twilio_media("MZ1", b"\x01" * 160, 1, 0, 2),
+    m.twilio_dtmf("MZ1", "5", 3),
+    m.twilio_mark("MZ1", "done", 4),
+    m.twilio_stop("MZ1", "CA1", "AC1", 5),
+]
+
+
+def nest(value, depth: int, as_dict: bool):
+    for _ in range(depth):
+        value = {"a": value} if as_dict else [value]
+    return value
+
+
+deep_values = st.builds(nest, json_leaf, st.integers(0, 1100), st.booleans())
+any_value = json_value | deep_values
+
+
+def field_paths(obj, prefix=()):
+    yield prefix
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from field_paths(value, (*prefix, key))
+
+
+@st.composite
+def twilio_message_with_a_value_anywhere(draw):
+    obj = json.loads(draw(st.sampled_from(TWILIO_MESSAGES)))
+    path = draw(st.sampled_from(list(field_paths(obj))))
+    value = draw(any_value)
+    if not path or draw(st.booleans()):  # a field Twilio does not send, beside the ones it does
+        parent = obj
+        for key in path[:-1] if path else ():
+            parent = parent[key]
+        if not isinstance(parent, dict):
+            parent = obj
+        parent[draw(st.sampled_from(["x", "new", "event", "streamSid"]))] = value
+    else:
+        parent = obj
+        for key in path[:-1]:
+            parent = parent[key]
+        parent[path[-1]] = value
+    try:
+        return json.dumps(obj).encode()
+    except RecursionError:
+        return b"[" * 2000 + b"]" * 2000
+
+
+def flat(value) -> bool:
+    scalar = (str, int, float, bool, bytes, type(None))
+    if isinstance(value, dict):
+        return all(isinstance(v, scalar) for v in value.values())
+    if isinstance(value, (tuple, list)):
+        return all(isinstance(v, scalar) for v in value)
+    return isinstance(value, scalar)
+
+
+@given(twilio_message_with_a_value_anywhere())
+@settings(max_examples=150, deadline=None)
+def test_any_value_at_any_depth_in_any_field_gets_a_message_or_a_reason(frame):
+    try:
+        message = m.parse(frame)
+    except m.MessageError as e:
+        assert e.reason in BOUND_REASONS
+        assert m.media_fields(frame) is None
+        return
+    for name in message.__dataclass_fields__:
+        assert name == "raw" or flat(getattr(message, name)), name
+    fast = m.media_fields(frame)
+    if fast is not None:
+        assert isinstance(message, m.Media) and fast == (message.stream_sid, message.payload, message.timestamp)
+
+
+@given(st.integers(0, 1100), st.booleans(), st.sampled_from(TWILIO_MESSAGES))
+@settings(max_examples=100, deadline=None)
+def test_nesting_past_the_bound_is_too_deep_wherever_it_is(depth, as_dict, frame):
+    obj = json.loads(frame)
+    obj["x"] = nest(1, depth, as_dict)
+    try:
+        data = json.dumps(obj).encode()
+    except RecursionError:
+        return
+    if depth + 1 >= m.MAX_DEPTH:  # the top object is one level, the value's containers the rest
+        try:
+            m.parse(data)
+        except m.MessageError as e:
+            assert e.reason == "too-deep"
+        else:
+            assert depth + 1 == m.MAX_DEPTH
+    else:
+        m.parse(data)
+
+
+names_or_values = st.text(max_size=600)
+
+
+@given(st.dictionaries(names_or_values, names_or_values, max_size=40))
+@settings(max_examples=200, deadline=None)
+def test_custom_parameters_are_taken_exactly_when_within_the_bounds(parameters):
+    frame = m.twilio_start("MZ1", "CA1", "AC1", parameters)
+    within = len(parameters) <= m.MAX_PARAMETERS and all(
+        len(k) <= m.MAX_PARAMETER_LENGTH and len(v) <= m.MAX_PARAMETER_LENGTH for k, v in parameters.items()
+    )
+    try:
+        start = m.parse(frame)
+    except m.MessageError as e:
+        assert not within and e.reason in {"too-many-parameters", "parameter-too-long"}
+    else:
+        assert within and start.custom_parameters == parameters
+
+
+@given(st.sampled_from(["tracks", "mediaFormat", "customParameters", "callSid", "accountSid", "streamSid"]), json_value)
+@settings(max_examples=300, deadline=None)
+def test_a_start_field_of_any_type_is_typed_or_refused(field, value):
+    obj = json.loads(m.twilio_start("MZ1", "CA1", "AC1", {}))
+    obj["start"][field] = value
+    try:
+        start = m.parse(json.dumps(obj).encode())
+    except m.MessageError as e:
+        assert e.reason in BOUND_REASONS
+        return
+    assert all(isinstance(t, str) for t in start.tracks)
+    assert all(isinstance(v, str) for v in start.custom_parameters.values())
+    assert flat(start.media_format) and isinstance(start.call_sid, str)

@@ -205,6 +205,14 @@ def test_a_worker_that_cannot_start_never_takes_a_connection(start_daemon, tmp_p
     failed = daemon.wait_for(lambda e: e.get("event_name") == "worker.exited" and e.get("worker") == 0 and e.get("exit_code"), 15)
     assert failed["delay"] == 2.0, "it keeps failing: the restarts back off"
     assert any("voicebridge.toml" in e.get("line", "") for e in daemon.named("worker.output", worker=0)), "why, in the log"
+    # One line per failed start, not twist's 70 lines of usage text on every retry (issue 16).
+    def exits():
+        return len([e for e in daemon.named("worker.exited", worker=0) if e.get("exit_code")])
+
+    before = exits()
+    told = daemon.named("worker.output", worker=0)  # each told just before its worker.exited
+    assert before <= len(told) <= exits() + 1, [e["line"][:80] for e in told]
+    assert all(len(e["line"]) < 700 and "more lines of output" in e["line"] for e in told)
     statuses = [request(daemon.port, "GET", "/healthz")[0] for _ in range(40)]
     assert statuses == [200] * 40
     assert {e["worker"] for e in daemon.named("http.access")} == {1}

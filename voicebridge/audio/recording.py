@@ -20,7 +20,8 @@ Both channels share one timeline of 8 kHz samples counted from the stream's star
 Writing is crash-safe: the WAV is written as it comes to ``.NAME.wav.part`` beside the final name
 (its header says "as long as the file" until the end, so even a killed process leaves audio that
 sox or ffmpeg can read), and at the end the header is completed, the file fsynced and renamed to
-``NAME.wav``; then ``NAME.json`` the same way. A name that exists is therefore complete. Memory
+``NAME.wav``, after ``NAME.json`` was written the same way. A name that exists is therefore
+complete, and a WAV always has its sidecar. Memory
 stays small however long the call: about a second of audio is held before it is written, plus
 sent audio queued ahead of playback (bounded by ``MAX_AHEAD_MS``).
 """
@@ -181,19 +182,16 @@ class Recording:
     # The end.
 
     def finish(self, sidecar: dict) -> tuple[str, str]:
-        """Write what is held, complete the WAV, fsync and rename; then the sidecar. Blocking: call it off the reactor.
+        """Write what is held, complete the WAV, fsync; write the sidecar, then give the WAV its name.
+        Blocking: call it off the reactor.
 
-        Set ``finishing`` on the reactor's thread first (``RecordHandler`` does): events after it are ignored.
+        The sidecar is encoded before anything is renamed, and renamed before the WAV: a WAV that
+        exists is complete and has its sidecar beside it; a sidecar that cannot be written leaves
+        neither (``abandon`` removes the partial files). Set ``finishing`` on the reactor's thread
+        first (``RecordHandler`` does): events after it are ignored.
         """
         self.finishing = True
         end = max(self.now, self.sent_end)
-        self._flush(end)
-        self._wav.close()  # patches the RIFF and data lengths
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        self.closed = True
-        os.replace(self.part, self.wav_path)
         document = {
             **sidecar,
             "wav": os.path.basename(self.wav_path),
@@ -205,28 +203,39 @@ class Recording:
             "marksSent": self.marks_sent,
             "marksPlayed": self.marks_played,
         }
-        write_atomically(self.json_path, json.dumps(document, indent=2, ensure_ascii=False).encode("utf-8") + b"\n")
+        encoded = json.dumps(document, indent=2, ensure_ascii=False).encode("utf-8") + b"\n"
+        self._flush(end)
+        self._wav.close()  # patches the RIFF and data lengths
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self.closed = True
+        write_atomically(self.json_path, encoded)
+        os.replace(self.part, self.wav_path)
         sync_directory(os.path.dirname(self.wav_path))
         return self.wav_path, self.json_path
 
     def abandon(self) -> None:
-        """Give up (the disk failed): close and remove the partial file, never leaving it under the final name."""
-        if self.closed:
-            return
-        self.closed = True
-        for close in (self._wav.close, self._file.close):
+        """Give up (the disk failed, the sidecar could not be encoded): close and remove the partial
+        files, never leaving one under a final name."""
+        if not self.closed:
+            self.closed = True
+            for close in (self._wav.close, self._file.close):
+                try:
+                    close()
+                except (OSError, ValueError):
+                    pass
+        for path in (self.part, part_path(self.json_path)):
             try:
-                close()
-            except (OSError, ValueError):
+                os.unlink(path)
+            except FileNotFoundError:
                 pass
-        try:
-            os.unlink(self.part)
-        except FileNotFoundError:
-            pass
 
     # Internals.
 
     def _event(self, events: list, entry: dict) -> None:
+        """Kept for the sidecar up to MAX_EVENTS per list; a name is at most messages.MAX_MARK_NAME
+        characters (the parser refuses longer), so the sidecar stays within a few megabytes."""
         if len(events) < MAX_EVENTS:
             events.append(entry)
         else:

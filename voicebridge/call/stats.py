@@ -7,10 +7,15 @@ to these totals (voicebridge/observe/metrics.py). Pure: no Prometheus, no I/O.
 
 from __future__ import annotations
 
+import weakref
 from collections import Counter
 
 # Call durations, in seconds: from a few seconds (a wrong number) to an hour-long call.
 DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, float("inf"))
+
+# Every Call object still in memory, ended or not (a weak set: it holds none of them). Beside the
+# live calls, it shows whether ended calls are freed: a leak, or cycles waiting for the collector.
+CALL_OBJECTS: weakref.WeakSet = weakref.WeakSet()
 
 NO_TENANT = "none"
 NO_START = "no-start"

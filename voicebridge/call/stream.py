@@ -203,6 +203,14 @@ class MediaStreamProtocol(FastTextFrames, WebSocketServerProtocol):
             self.call.connection_lost(code, reason, failed=self.failedByMe)
             self.call = self.text_sink = None
 
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        # Autobahn resolves ``is_closed`` with the protocol itself: a cycle that only the collector
+        # would free, with every buffer the connection held. Nothing reads it once the connection is gone.
+        closed = self.__dict__.get("is_closed")
+        if closed is not None and getattr(closed, "called", False):
+            closed.result = None
+
     def failHandshake(self, reason, code=400, responseHeaders=None):
         self.factory.registry.handshake_refused("invalid-handshake")
         log.warn(

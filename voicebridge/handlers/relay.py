@@ -418,17 +418,27 @@ class UpstreamProtocol(WebSocketClientProtocol):
     def connectionLost(self, reason):
         self.lost_reason = reason
         super().connectionLost(reason)
+        closed = self.__dict__.get("is_closed")  # Autobahn resolves it with this protocol: a cycle
+        if closed is not None and getattr(closed, "called", False):
+            closed.result = None
+        # Twisted's connector and the endpoint's wrapping factory point at each other and at this
+        # factory until the collector runs: let go of the relay, so the call is freed now.
+        self.factory.relay = None
 
     def onOpen(self):
-        self.factory.relay.opened(self)
+        if self.factory.relay is not None:
+            self.factory.relay.opened(self)
 
     def onMessage(self, payload, isBinary):
-        self.factory.relay.from_upstream(payload, isBinary)
+        if self.factory.relay is not None:
+            self.factory.relay.from_upstream(payload, isBinary)
 
     def onClose(self, wasClean, code, reason):
-        self.factory.relay.closed(self, wasClean, code, reason)
+        if self.factory.relay is not None:
+            self.factory.relay.closed(self, wasClean, code, reason)
 
 
 class UpstreamFactory(WebSocketClientFactory):
     protocol = UpstreamProtocol
+    noisy = False  # no "Starting factory" line (without an event_name) per relayed call
     relay: RelayHandler | None = None

@@ -24,7 +24,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from voicebridge import __version__
-from voicebridge.call.stats import tenant_label
+from voicebridge.call.stats import CALL_OBJECTS, tenant_label
 
 log = Logger(namespace="voicebridge.metrics")
 
@@ -54,6 +54,11 @@ class CallCollector:
             "voicebridge_draining", "1 while draining (readyz answers 503), else 0", value=int(registry.draining)
         )
         yield GaugeMetricFamily("voicebridge_calls_active", "Media streams open now, started or not", value=len(live))
+        yield GaugeMetricFamily(
+            "voicebridge_call_objects",
+            "Call objects in memory, ended ones not yet freed included (stays near calls_active unless calls leak)",
+            value=len(CALL_OBJECTS),
+        )
         by_tenant = Counter(tenant_label(c) for c in live if c.started_at is not None)
         active = GaugeMetricFamily("voicebridge_calls_active_by_tenant", "Started calls open now, by tenant", labels=["tenant"])
         for tenant, count in sorted(by_tenant.items()):

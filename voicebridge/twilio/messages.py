@@ -89,11 +89,73 @@ class Unknown:
     raw: dict = field(repr=False)
 
 
-def _text(obj: dict, key: str, where: str) -> str:
+# The shapes Twilio sends, bounded. Twilio's messages nest three deep (start.customParameters.NAME);
+# a message nested deeper than MAX_DEPTH anywhere (an unknown field too) is refused before any field
+# is read, so nothing downstream (str(), a log serializer, json.dumps) ever recurses over a peer's
+# nesting. customParameters are <Parameter>s, each name and value under 500 characters (Twilio's
+# rule); voicebridge's own webhook sends at most 25.
+MAX_DEPTH = 8
+MAX_PARAMETERS = 32
+MAX_PARAMETER_LENGTH = 499
+MAX_TRACKS = 4
+MAX_MARK_NAME = 256
+MAX_SHORT_TEXT = 64  # connected.protocol, connected.version, mediaFormat's text values
+MAX_MEDIA_FORMAT_KEYS = 8
+_TOKEN = re.compile(r"[A-Za-z_]{1,32}")  # a track: "inbound", "outbound", "inbound_track", ...
+_DIGIT = re.compile(r"[0-9A-Da-d*#]")
+
+
+def too_deep(obj, limit: int = MAX_DEPTH) -> bool:
+    """Whether ``obj`` (parsed JSON) nests more than ``limit`` containers deep; iterative, never recursion.
+
+    Visits each container once: a Twilio start message costs about a microsecond.
+    """
+    level = [obj]
+    for _ in range(limit):
+        deeper = []
+        for container in level:
+            for value in container.values() if type(container) is dict else container:
+                if type(value) is dict or type(value) is list:
+                    deeper.append(value)
+        if not deeper:
+            return False
+        level = deeper
+    return True
+
+
+def _text(obj: dict, key: str, where: str, limit: int = MAX_MARK_NAME) -> str:
     value = obj.get(key)
     if not isinstance(value, str) or not value:
         raise MessageError("missing-field", f"{where}.{key} must be a non-empty string")
+    if len(value) > limit:
+        raise MessageError("bad-field", f"{where}.{key} is {len(value)} characters, over {limit}")
     return value
+
+
+def _short_text(obj: dict, key: str, where: str, default: str = "") -> str:
+    """An optional string field of at most MAX_SHORT_TEXT characters."""
+    value = obj.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, str) or len(value) > MAX_SHORT_TEXT:
+        raise MessageError("bad-field", f"{where}.{key} must be a string of at most {MAX_SHORT_TEXT} characters")
+    return value
+
+
+def _track(obj: dict, where: str, default: str) -> str:
+    value = obj.get("track")
+    if value is None or value == "":
+        return default
+    if not isinstance(value, str) or not _TOKEN.fullmatch(value):
+        raise MessageError("bad-field", f"{where}.track must be a track name (letters and '_'), got {_kind(value)}")
+    return value
+
+
+def _kind(value) -> str:
+    """What a bad value is, for a detail: its type, and a short string's own text. Never str() of a container."""
+    if isinstance(value, str):
+        return repr(value[:40])
+    return type(value).__name__
 
 
 def _section(obj: dict, key: str) -> dict:
@@ -107,11 +169,11 @@ def _number(value, where: str, default=None) -> int | None:
     """Twilio sends counters as decimal strings ("5"); accept integers too."""
     if value is None:
         return default
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**18:
         return value
     if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18:
         return int(value)
-    raise MessageError("bad-field", f"{where} must be a non-negative integer, got {value!r:.40}")
+    raise MessageError("bad-field", f"{where} must be a non-negative integer, got {_kind(value)}")
 
 
 # Twilio's SIDs are two letters and 32 hex digits; this admits any short token of letters and
@@ -123,7 +185,7 @@ def _sid(value, where: str) -> str:
     if not isinstance(value, str) or not value:
         raise MessageError("missing-field", f"{where} must be a non-empty string")
     if not _SID.fullmatch(value):
-        raise MessageError("bad-field", f"{where} must be letters and digits (a Twilio SID), got {value!r:.40}")
+        raise MessageError("bad-field", f"{where} must be letters and digits (a Twilio SID), got {_kind(value)}")
     return value
 
 
@@ -132,28 +194,64 @@ def _stream_sid(obj: dict, event: str) -> str:
 
 
 def _parse_connected(obj):
-    return Connected(protocol=str(obj.get("protocol", "")), version=str(obj.get("version", "")))
+    return Connected(protocol=_short_text(obj, "protocol", "connected"), version=_short_text(obj, "version", "connected"))
+
+
+def _parameters(params) -> dict[str, str]:
+    """start.customParameters: at most MAX_PARAMETERS string names and values, each under 500 characters."""
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise MessageError("bad-field", f"start.customParameters must be an object, got {_kind(params)}")
+    if len(params) > MAX_PARAMETERS:
+        raise MessageError("too-many-parameters", f"start.customParameters has {len(params)} parameters, over {MAX_PARAMETERS}")
+    for name, value in params.items():
+        if not isinstance(value, str):
+            raise MessageError("bad-field", f"start.customParameters[{name[:40]!r}] must be a string, got {_kind(value)}")
+        if len(name) > MAX_PARAMETER_LENGTH or len(value) > MAX_PARAMETER_LENGTH:
+            raise MessageError(
+                "parameter-too-long",
+                f"start.customParameters[{name[:40]!r}]: names and values are under 500 characters "
+                f"(got {len(name)} and {len(value)})",
+            )
+    return dict(params)
+
+
+def _media_format(value) -> dict:
+    """start.mediaFormat: a flat object of a few short scalar fields (encoding, sampleRate, channels)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or len(value) > MAX_MEDIA_FORMAT_KEYS:
+        raise MessageError("bad-field", f"start.mediaFormat must be an object of at most {MAX_MEDIA_FORMAT_KEYS} fields")
+    for key, item in value.items():
+        if len(key) > 32 or not (
+            item is None
+            or isinstance(item, (bool, int, float))
+            and (not isinstance(item, int) or abs(item) < 10**18)
+            or isinstance(item, str)
+            and len(item) <= MAX_SHORT_TEXT
+        ):
+            raise MessageError("bad-field", f"start.mediaFormat.{key[:32]} must be a number or a short string, got {_kind(item)}")
+    return dict(value)
 
 
 def _parse_start(obj):
     start = _section(obj, "start")
     sid = _sid(obj.get("streamSid") or start.get("streamSid"), "start.streamSid")
-    params = start.get("customParameters") or {}
-    if not isinstance(params, dict):
-        raise MessageError("bad-field", "start.customParameters must be an object")
     tracks = start.get("tracks") or ["inbound"]
-    if not isinstance(tracks, list) or not all(isinstance(t, str) for t in tracks):
-        raise MessageError("bad-field", "start.tracks must be a list of strings")
-    media_format = start.get("mediaFormat") or {}
-    if not isinstance(media_format, dict):
-        raise MessageError("bad-field", "start.mediaFormat must be an object")
+    if (
+        not isinstance(tracks, list)
+        or len(tracks) > MAX_TRACKS
+        or not all(isinstance(t, str) and _TOKEN.fullmatch(t) for t in tracks)
+    ):
+        raise MessageError("bad-field", f"start.tracks must be a list of at most {MAX_TRACKS} track names")
     return Start(
         stream_sid=sid,
         call_sid=_sid(start.get("callSid"), "start.callSid"),
         account_sid=_sid(start["accountSid"], "start.accountSid") if start.get("accountSid") else "",
         tracks=tuple(tracks),
-        custom_parameters={str(k): str(v) for k, v in params.items()},
-        media_format=media_format,
+        custom_parameters=_parameters(start.get("customParameters")),
+        media_format=_media_format(start.get("mediaFormat")),
         sequence_number=_number(obj.get("sequenceNumber"), "sequenceNumber"),
     )
 
@@ -171,7 +269,7 @@ def _parse_media(obj):
         stream_sid=_stream_sid(obj, "media"),
         payload=audio,
         timestamp=_number(media.get("timestamp"), "media.timestamp", 0),
-        track=str(media.get("track") or "inbound"),
+        track=_track(media, "media", "inbound"),
         chunk=_number(media.get("chunk"), "media.chunk"),
         sequence_number=_number(obj.get("sequenceNumber"), "sequenceNumber"),
     )
@@ -179,11 +277,10 @@ def _parse_media(obj):
 
 def _parse_dtmf(obj):
     dtmf = _section(obj, "dtmf")
-    return Dtmf(
-        stream_sid=_stream_sid(obj, "dtmf"),
-        digit=_text(dtmf, "digit", "dtmf"),
-        track=str(dtmf.get("track") or "inbound_track"),
-    )
+    digit = _text(dtmf, "digit", "dtmf")
+    if not _DIGIT.fullmatch(digit):
+        raise MessageError("bad-field", f"dtmf.digit must be one key (0-9, *, #, A-D), got {_kind(digit)}")
+    return Dtmf(stream_sid=_stream_sid(obj, "dtmf"), digit=digit, track=_track(dtmf, "dtmf", "inbound_track"))
 
 
 def _parse_mark(obj):
@@ -191,16 +288,26 @@ def _parse_mark(obj):
     name = mark.get("name")
     if not isinstance(name, str):
         raise MessageError("missing-field", "mark.name must be a string")
+    if len(name) > MAX_MARK_NAME:
+        raise MessageError("bad-field", f"mark.name is {len(name)} characters, over {MAX_MARK_NAME}")
     return Mark(stream_sid=_stream_sid(obj, "mark"), name=name)
+
+
+def _optional_sid(section: dict, key: str) -> str | None:
+    value = section.get(key)
+    return value if isinstance(value, str) and _SID.fullmatch(value) else None
 
 
 def _parse_stop(obj):
     stop = obj.get("stop") if isinstance(obj.get("stop"), dict) else {}
     return Stop(
         stream_sid=_stream_sid(obj, "stop"),
-        call_sid=stop.get("callSid") if isinstance(stop.get("callSid"), str) else None,
-        account_sid=stop.get("accountSid") if isinstance(stop.get("accountSid"), str) else None,
+        call_sid=_optional_sid(stop, "callSid"),
+        account_sid=_optional_sid(stop, "accountSid"),
     )
+
+
+_FAST_TRACKS = frozenset({"inbound", "outbound"})
 
 
 def media_fields(data: bytes | str) -> tuple[str, bytes, int] | None:
@@ -208,7 +315,7 @@ def media_fields(data: bytes | str) -> tuple[str, bytes, int] | None:
 
     The receive hot path: no message object, no counters parsed that nobody reads. None is not
     an error, only "not the common case": ``parse`` then gives the full answer. Whatever this
-    accepts, ``parse`` accepts with the same values (tests/test_messages.py checks both).
+    accepts, ``parse`` accepts with the same values (tests/test_messages_fast.py checks both).
     """
     try:
         obj = orjson.loads(data)
@@ -218,11 +325,16 @@ def media_fields(data: bytes | str) -> tuple[str, bytes, int] | None:
         return None
     media = obj.get("media")
     sid = obj.get("streamSid")
-    if type(media) is not dict or type(sid) is not str or not sid:
+    # Exactly Twilio's four fields at each level (so no unknown field, of any depth, slips past
+    # ``parse``'s bounds), and a streamSid of letters and digits, as ``parse`` demands.
+    if type(media) is not dict or type(sid) is not str or len(obj) != 4 or len(media) != 4:
+        return None
+    if not (sid.isascii() and sid.isalnum() and len(sid) <= 64):
         return None
     payload = media.get("payload")
     timestamp = media.get("timestamp")
-    if type(payload) is not str or type(timestamp) is not str:
+    track = media.get("track")
+    if type(payload) is not str or type(timestamp) is not str or type(track) is not str or track not in _FAST_TRACKS:
         return None
     chunk = media.get("chunk")  # parse() refuses a frame with a bad counter: so does this
     sequence = obj.get("sequenceNumber")
@@ -250,21 +362,32 @@ _PARSERS = {
 }
 
 
+def _loads(data: bytes | str):
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        if "depth limit" in str(e) or "recursion" in str(e).lower():  # orjson's own limit: 1024 levels
+            raise MessageError("too-deep", f"the message nests more than {MAX_DEPTH} levels deep") from None
+        raise MessageError("invalid-json", str(e)[:120]) from None
+
+
 def parse(data: bytes | str):
     """Parse one text frame from Twilio into a message value, or raise MessageError."""
-    try:
-        obj = orjson.loads(data)
-    except orjson.JSONDecodeError as e:
-        raise MessageError("invalid-json", str(e)[:120]) from None
+    obj = _loads(data)
     if not isinstance(obj, dict):
         raise MessageError("not-object", f"expected a JSON object, got {type(obj).__name__}")
+    if too_deep(obj):
+        raise MessageError("too-deep", f"the message nests more than {MAX_DEPTH} levels deep; Twilio's nest 3")
     event = obj.get("event")
     if not isinstance(event, str) or not event:
         raise MessageError("missing-event", "the object has no string 'event'")
     parser = _PARSERS.get(event)
     if parser is None:
         return Unknown(event=event[:64], raw=obj)
-    return parser(obj)
+    try:
+        return parser(obj)
+    except RecursionError:  # a bound above was missed: still a precise answer, never an unhandled error
+        raise MessageError("too-deep", "a field nests too deep to read") from None
 
 
 # What the application sends to Twilio.
@@ -279,7 +402,10 @@ def media(stream_sid: str, audio: bytes) -> bytes:
     return _media_head(stream_sid) + binascii.b2a_base64(audio, newline=False) + b'"}}'
 
 
-@functools.lru_cache(maxsize=8192)
+# One entry per live stream: 1,024 covers what one process carries (about 700 calls per core,
+# docs/benchmarks.md) in about 300 KB. It was 8,192: the soak saw RSS grow 1.2 MB over the first
+# 5,000 calls as it filled, an entry per ended call (docs/benchmarks.md#soak).
+@functools.lru_cache(maxsize=1024)
 def _media_head(stream_sid: str) -> bytes:
     return b'{"event":"media","streamSid":' + orjson.dumps(stream_sid) + b',"media":{"payload":"'
 
@@ -294,12 +420,11 @@ def clear(stream_sid: str) -> bytes:
 
 def parse_outbound(data: bytes | str):
     """Parse what an application sent to Twilio (used by Twilio's side: probe, load tester, tests)."""
-    try:
-        obj = orjson.loads(data)
-    except orjson.JSONDecodeError as e:
-        raise MessageError("invalid-json", str(e)[:120]) from None
+    obj = _loads(data)
     if not isinstance(obj, dict):
         raise MessageError("not-object", f"expected a JSON object, got {type(obj).__name__}")
+    if too_deep(obj):
+        raise MessageError("too-deep", f"the message nests more than {MAX_DEPTH} levels deep")
     event = obj.get("event")
     if event == "media":
         payload = _section(obj, "media").get("payload")

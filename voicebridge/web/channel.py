@@ -5,7 +5,8 @@ that sends one byte a minute hold a connection for as long as it likes, and answ
 header with a bare ``400`` or a silent close. Here:
 
 - a request (line, headers and body) must arrive complete within ``handshake_timeout`` of the
-  connection, or of its first byte on a kept-alive connection: else ``408`` and close;
+  connection, or of its first byte on a kept-alive connection: else ``408`` and close; a
+  kept-alive connection idle for ``handshake_timeout`` after a request is closed;
 - a body over ``max_body_size`` is answered ``413`` at once, before it is read when
   ``Content-Length`` announces it; bodies live in memory, never in temporary files;
 - at most 100 headers and 16 KiB of request line plus headers; beyond, ``431``/``414``, and a
@@ -103,10 +104,31 @@ class BoundedChannel(HTTPChannel):
         self._disarm()
         self._receiving = False
         super().allContentReceived()
+        if self.transport is None:
+            self._upgraded()
+
+    def _upgraded(self) -> None:
+        """The request took the connection over (a WebSocket upgrade): this channel is done with it.
+
+        Autobahn leaves the request, never finished, in ``requests``, and the request points back
+        here: a cycle only the collector frees. Dropping it and the idle timer frees both at once.
+        """
+        self.setTimeout(None)
+        self.requests = []
 
     def requestDone(self, request):
         self._receiving = True
         super().requestDone(request)
+        if self.persistent and not self._closing and self.transport is not None:
+            # Kept alive and idle: it may wait for the next request as long as a client may take to
+            # send one (twisted.web's own idle limit is 60 s), then it is closed quietly.
+            self.setTimeout(self.site.limits.handshake_timeout)
+
+    def timeoutConnection(self):
+        """Idle past the limit between requests: close (no 408: the client sent nothing to answer)."""
+        if self.abortTimeout is not None:
+            self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
+        self.loseConnection()
 
     def connectionLost(self, reason):
         self._disarm()

@@ -42,6 +42,7 @@ from voicebridge.web.admission import Admission
 from voicebridge.web.publicurl import PublicURLs, TrustedProxies
 from voicebridge.workers import control, sockets
 from voicebridge.workers.bookkeeping import Books, Gather, Gathers, WorkerState, twist_log_level
+from voicebridge.workers.output import StartupOutput
 from voicebridge.workers.peers import ENVIRONMENT, WorkerSpec, deliver
 
 log = Logger(namespace="voicebridge.supervisor")
@@ -62,6 +63,7 @@ class WorkerProcess(WorkerState, protocol.ProcessProtocol):
         self._control = control.LineDecoder()
         self._log = control.Lines()
         self._stderr = control.Lines()
+        self.startup_output = StartupOutput()  # what it writes before it is ready: told as one line
 
     def connectionMade(self):
         self.pid = self.transport.pid
@@ -81,6 +83,7 @@ class WorkerProcess(WorkerState, protocol.ProcessProtocol):
         for line in (self._log.rest(), self._stderr.rest()):
             if line.strip():
                 self.supervisor.relay_output(self, line)
+        self.supervisor.tell_startup_output(self)
         self.ended = True
         self.supervisor.worker_ended(self, reason.value)
 
@@ -252,6 +255,7 @@ class Supervisor(MultiService):
         op = message["op"]
         if op == "ready":
             self._send(self.books.ready(worker))
+            self.tell_startup_output(worker)
             log.info("worker {worker} ready", event_name="worker.ready", worker=worker.index, pid=worker.pid)
             if not (self.announced or self.stopping) and self.books.all_ready():
                 self.announced = True
@@ -317,7 +321,12 @@ class Supervisor(MultiService):
         globalLogPublisher(event)
 
     def relay_output(self, worker: WorkerProcess, line: bytes) -> None:
-        """What a worker wrote outside its log (a traceback before logging began, a usage error)."""
+        """What a worker wrote outside its log (a traceback before logging began, a usage error).
+
+        Before it is ready, gathered and told as one line when it is ready or gone (``tell_startup_output``)."""
+        if not worker.ready:
+            worker.startup_output.add(line)
+            return
         text = line.decode("utf-8", "replace").strip("\x1e\r\n")
         if text.strip():
             log.warn(
@@ -326,6 +335,18 @@ class Supervisor(MultiService):
                 worker=worker.index,
                 worker_pid=worker.pid,
                 line=printable(text, 2000),
+            )
+
+    def tell_startup_output(self, worker: WorkerProcess) -> None:
+        summary = worker.startup_output.summary()
+        worker.startup_output.clear()
+        if summary is not None:
+            log.warn(
+                "worker {worker}: {line}",
+                event_name="worker.output",
+                worker=worker.index,
+                worker_pid=worker.pid,
+                line=printable(summary, 2000),
             )
 
     def worker_ended(self, worker: WorkerProcess, status) -> None:
