@@ -11,6 +11,7 @@ from voicebridge import handlers
 from voicebridge.call.call import handlers_in_use, resolve_handlers
 from voicebridge.config import limits
 from voicebridge.config.file import DEFAULT_HANDLER, Config, ConfigError, Settings, load_config, read_auth_token
+from voicebridge.observe import output
 from voicebridge.tls import listen as tls
 from voicebridge.web.publicurl import PublicURLError, PublicURLs, TrustedProxies, parse_public_url
 
@@ -54,6 +55,13 @@ class Options(usage.Options):
         ["handler", None, None, f"Handler for calls whose tenant names none (default: {DEFAULT_HANDLER})."],
         ["auth-token-file", None, None, "File holding the Twilio auth token (else TWILIO_AUTH_TOKEN)."],
         ["workers", None, None, "Processes serving the same ports, N or auto (one per core); default: this process alone."],
+        [
+            "log-format",
+            None,
+            None,
+            "Log lines as text, json (one JSON object a line) or journald (text with syslog priorities); "
+            "default auto: journald under systemd, text on a terminal, json elsewhere.",
+        ],
         *limits.opt_parameters(),
         # Handler settings: each flag is one option of one handler (HANDLER_FLAGS), as in [handlers.NAME].
         ["record-dir", None, None, "record: directory for each call's WAV and JSON files."],
@@ -96,6 +104,9 @@ class Options(usage.Options):
         )
 
     def postOptions(self):
+        if self["log-format"] is not None and self["log-format"].lower() not in output.FORMATS:
+            raise usage.UsageError(f"--log-format {self['log-format']!r}: one of {', '.join(output.FORMATS)}")
+        output.take_over(self, self["log-format"] and self["log-format"].lower())
         if not self["listen"]:
             self["listen"] = [default_listen()]
         if self["public-url"]:
