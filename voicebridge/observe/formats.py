@@ -25,6 +25,7 @@ import time
 
 from constantly import NamedConstant
 from twisted.logger import formatEvent
+from twisted.python.log import textFromEventDict
 
 STANDARD = ("time", "level", "event", "message", "logger", "traceback")
 # twisted.python.log.msg's own keys (an event it made carries "isError" and a tuple "message").
@@ -80,6 +81,8 @@ def jsonable(value, depth: int = 0):
 
 
 def _traceback(event: dict, legacy: bool) -> str | None:
+    if isinstance(event.get("log_traceback"), str):  # written by a worker (output.worker_observer)
+        return event["log_traceback"]
     failure = event.get("failure") if legacy else event.get("log_failure")
     if failure is None:
         return None
@@ -102,7 +105,7 @@ def record(event: dict) -> dict:
     if legacy and event.get("failure") is not None:
         message = str(event.get("why") or "Unhandled Error")
     else:
-        message = formatEvent(event)
+        message = formatEvent(event) if "log_format" in event or not legacy else textFromEventDict(event) or ""
     logger = str(event.get("log_namespace") or "-")
     name = event.get("event_name")
     out = {

@@ -8,9 +8,9 @@ filter, log file and start-up messages stay as they are. twistd builds its obser
 ``--logger``, the same way. Lines from Twisted and libraries (``Starting reactor...``) go
 through the same observer, so they come out in the same format.
 
-A worker under ``--workers`` keeps twist's JSON: it is how its events reach the supervisor
-(voicebridge/workers/supervisor.py ``relay_log``), which writes them in its own format with
-``worker`` and ``worker_pid`` added.
+A worker under ``--workers`` writes twist's JSON (``worker_observer``), whatever its options say:
+it is how its events reach the supervisor (voicebridge/workers/supervisor.py ``relay_log``),
+which writes them in its own format with ``worker`` and ``worker_pid`` added.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import sys
 
-from twisted.logger import ILogObserver
+from twisted.logger import ILogObserver, jsonFileLogObserver
 from zope.interface import implementer
 
 from voicebridge.observe.formats import json_line, text_line
@@ -75,6 +75,24 @@ class LineObserver:
         self.stream.flush()
 
 
+def worker_observer(stream):
+    """A worker's log, for the supervisor: twist's JSON, which restores the event as it was (level,
+    fields, format), plus ``log_traceback``: twist's JSON keeps a failure's frames but not its message."""
+    write = jsonFileLogObserver(stream)
+
+    @implementer(ILogObserver)
+    def observe(event: dict) -> None:
+        failure = event.get("log_failure") or event.get("failure")
+        if failure is not None and "log_traceback" not in event:
+            try:
+                event = {**event, "log_traceback": failure.getTraceback()}
+            except Exception:
+                pass
+        write(event)
+
+    return observe
+
+
 def observer_factory(requested: str, environ=os.environ):
     """What twist's ``fileLogObserverFactory`` is: the log file in, an observer out."""
 
@@ -94,21 +112,26 @@ for _format in FORMATS:
 
 def twist_log_format(argv: list[str]) -> str | None:
     """twist's own ``--log-format`` (before the plugin's name), which picks ours when ours is not given."""
+    found = None
     for i, arg in enumerate(argv[1:], 1):
         if arg == "voicebridge":
-            return None
+            return found
         if arg.startswith("--log-format="):
-            return arg.split("=", 1)[1].lower()
-        if arg == "--log-format" and i + 1 < len(argv):
-            return argv[i + 1].lower()
-    return None
+            found = arg.split("=", 1)[1].lower()
+        elif arg == "--log-format" and i + 1 < len(argv):
+            found = argv[i + 1].lower()
+    return None  # no plugin name: `voicebridge run`, whose options are all ours
 
 
 def take_over(options, requested: str | None, argv=None, environ=os.environ) -> str | None:
     """Make the parent command (twist, twistd) log in ``requested``; returns what was set up, or None."""
     parent = getattr(options, "parent", None)
-    if parent is None or environ.get(WORKER_ENVIRONMENT):
+    if parent is None:
         return None
+    if environ.get(WORKER_ENVIRONMENT):
+        if "fileLogObserverFactory" in parent:  # the supervisor starts its workers with twist
+            parent["fileLogObserverFactory"] = worker_observer
+        return "worker"
     if requested is None:
         twists = twist_log_format(sys.argv if argv is None else argv)
         requested = twists if twists in FORMATS else "auto"
