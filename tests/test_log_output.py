@@ -37,7 +37,8 @@ def a_signed_call(reactor, daemon):
     form = call_form()
     status, _, body = post_form(daemon.port, "/voice", form, {"X-Twilio-Signature": SIGNER.sign(f"{PUBLIC}/voice", form)})
     assert status == 200, body
-    return play_call(reactor, daemon.url("/twilio-media", "ws"), CallScript(frames=5, call_sid="CA" + "1" * 32), signature=SIGNER.sign(STREAM_URL))
+    script = CallScript(frames=5, call_sid="CA" + "1" * 32)
+    return play_call(reactor, daemon.url("/twilio-media", "ws"), script, signature=SIGNER.sign(STREAM_URL))
 
 
 def accepted_handshake(port: int) -> None:
