@@ -44,4 +44,4 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=10s --retries=3 \
 STOPSIGNAL SIGTERM
 # `twist voicebridge` on tcp:$PORT, 8080 here. Platforms replace this command to add
 # --public-url (fly.toml, render.yaml, railway.toml), so there is no ENTRYPOINT to combine with.
-CMD ["twist", "voicebridge"]
+CMD ["twist", "voicebridge", "--log-format", "json"]

@@ -58,7 +58,7 @@ class Options(usage.Options):
         [
             "log-format",
             None,
-            None,
+            "auto",
             "Log lines as text, json (one JSON object a line) or journald (text with syslog priorities); "
             "default auto: journald under systemd, text on a terminal, json elsewhere.",
         ],
@@ -104,9 +104,10 @@ class Options(usage.Options):
         )
 
     def postOptions(self):
-        if self["log-format"] is not None and self["log-format"].lower() not in output.FORMATS:
+        self["log-format"] = self["log-format"].lower()
+        if self["log-format"] not in output.FORMATS:
             raise usage.UsageError(f"--log-format {self['log-format']!r}: one of {', '.join(output.FORMATS)}")
-        output.take_over(self, self["log-format"] and self["log-format"].lower())
+        output.take_over(self, self["log-format"])
         if not self["listen"]:
             self["listen"] = [default_listen()]
         if self["public-url"]:

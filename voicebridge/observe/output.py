@@ -123,8 +123,9 @@ def twist_log_format(argv: list[str]) -> str | None:
     return None  # no plugin name: `voicebridge run`, whose options are all ours
 
 
-def take_over(options, requested: str | None, argv=None, environ=os.environ) -> str | None:
-    """Make the parent command (twist, twistd) log in ``requested``; returns what was set up, or None."""
+def take_over(options, requested: str, argv=None, environ=os.environ) -> str | None:
+    """Make the parent command (twist, twistd) log in ``requested``; returns what was set up, or None.
+    ``auto`` (the default) takes twist's own ``--log-format`` when it was given."""
     parent = getattr(options, "parent", None)
     if parent is None:
         return None
@@ -132,7 +133,7 @@ def take_over(options, requested: str | None, argv=None, environ=os.environ) -> 
         if "fileLogObserverFactory" in parent:  # the supervisor starts its workers with twist
             parent["fileLogObserverFactory"] = worker_observer
         return "worker"
-    if requested is None:
+    if requested == "auto":
         twists = twist_log_format(sys.argv if argv is None else argv)
         requested = twists if twists in FORMATS else "auto"
     if "fileLogObserverFactory" in parent:  # twist (and `voicebridge run`)
