@@ -122,6 +122,8 @@ def test_the_image_serves_as_the_platforms_run_it(container):
 
     c = container()
     assert request(c.port, "GET", "/healthz")[0] == 200
+    health = c.podman.run("healthcheck", "run", c.name, check=False)
+    assert health.returncode == 0, f"the image's HEALTHCHECK, run inside it: {health.stdout}{health.stderr}"
     form = call_form()
     status, _, body = post_form(c.port, "/voice", form, {"X-Twilio-Signature": SIGNER.sign(f"{PUBLIC}/voice", form)})
     assert status == 200 and STREAM_URL.encode() in body, body
