@@ -225,3 +225,16 @@ def test_an_unknown_format_is_a_usage_error():
 
 def test_levels_are_twisteds_names():
     assert set(formats.PRIORITIES) == {level.name for level in LogLevel.iterconstants()}
+
+
+def test_every_line_break_any_reader_knows_is_escaped_in_text():
+    event = emitted(lambda log: log.info("{said}", event_name="test.said", said="a\x85b\u2028c\u2029d\x1b[2Je\x00"))
+    line = formats.text_line(event)
+    assert len(line.splitlines()) == 1 and line.endswith("test.said a\\x85b\\u2028c\\u2029d\\x1b[2Je\\x00\n")
+
+
+def test_a_huge_field_is_bounded_in_both_formats():
+    event = emitted(lambda log: log.info("{big}", event_name="test.big", big="x" * 100_000))
+    assert len(formats.text_line(event)) < 8300
+    parsed = json.loads(formats.json_line(event))
+    assert len(parsed["message"]) == len(parsed["big"]) == 8192 + len("...")

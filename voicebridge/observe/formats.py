@@ -23,23 +23,26 @@ import json
 import math
 import time
 
-from constantly import NamedConstant
-from twisted.logger import formatEvent
+from twisted.logger import LogLevel, formatEvent
 from twisted.python.log import textFromEventDict
 
 STANDARD = ("time", "level", "event", "message", "logger", "traceback")
 # twisted.python.log.msg's own keys (an event it made carries "isError" and a tuple "message").
 LEGACY = frozenset({"message", "isError", "time", "system", "format", "failure", "why", "logLevel", "printed"})
-# The call's identifiers, and the worker a supervisor relayed the line from: what a text line ends with.
+# The call's identifiers: what a text line ends with when its message does not say them (and ``worker=``).
 TEXT_FIELDS = ("callSid", "conn")
 PRIORITIES = {"debug": 7, "info": 6, "warn": 4, "error": 3, "critical": 2}
 
 MAX_DEPTH = 4
 MAX_ITEMS = 100
-MAX_TEXT = 2000  # an object's str(); our own fields are bounded where they are logged
-# Every C0 control character and DEL, as a visible escape: a line ends only where the formatter ends it.
-_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
-_CONTROLS.update({0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r"})
+MAX_TEXT = 2000  # an object's str()
+# Our own fields and messages are bounded where they are logged; this bounds anyone's, below
+# journald's LineMax (48 KiB), which would split a longer line into entries of its own.
+MAX_STRING = 8192
+# C0 and C1 control characters, DEL and Unicode's line separators, as visible escapes: a line ends
+# only where the formatter ends it, for any reader (Python's splitlines() breaks at \x85 and \u2028).
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+_CONTROLS.update({0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r", 0x2028: "\\u2028", 0x2029: "\\u2029"})
 
 
 def level_name(event: dict) -> str:
@@ -57,10 +60,16 @@ def rfc3339(when) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
 
 
+def bounded(text: str, limit: int = MAX_STRING) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def jsonable(value, depth: int = 0):
     """``value`` as something ``json.dumps`` writes as it is (finite numbers, strings, lists, objects)."""
-    if value is None or isinstance(value, (bool, int, str)):
+    if value is None or isinstance(value, (bool, int)):
         return value
+    if isinstance(value, str):
+        return bounded(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else repr(value)
     if isinstance(value, (bytes, bytearray)):
@@ -71,13 +80,13 @@ def jsonable(value, depth: int = 0):
             return {str(k): jsonable(v, depth + 1) for k, v in items}
         if isinstance(value, (list, tuple, set, frozenset)):
             return [jsonable(v, depth + 1) for v in list(value)[:MAX_ITEMS]]
-    if isinstance(value, NamedConstant):  # LogLevel.warn and its kin
+    if isinstance(value, type(LogLevel.info)):  # constantly's NamedConstant: LogLevel.warn and its kin
         return value.name
     try:
         text = str(value)
     except Exception:
         text = f"<{type(value).__name__}>"
-    return text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + "..."
+    return bounded(text, MAX_TEXT)
 
 
 def _traceback(event: dict, legacy: bool) -> str | None:
@@ -110,9 +119,9 @@ def record(event: dict) -> dict:
     name = event.get("event_name")
     out = {
         "time": rfc3339(event.get("log_time")),
-        "level": "error" if legacy and event.get("isError") and "log_level" not in event else level_name(event),
-        "event": str(name) if name else library_event(logger),
-        "message": message,
+        "level": level_name(event),
+        "event": bounded(str(name), 200) if name else library_event(logger),
+        "message": bounded(message),
         "logger": logger,
     }
     for key, value in event.items():
@@ -152,6 +161,6 @@ def text_line(event: dict, journald: bool = False) -> str:
     line = " ".join([head, *tail])
     prefix = f"<{PRIORITIES[r['level']]}>" if journald else ""
     lines = [prefix + (line if journald else f"{r['time']} {line}")]
-    for extra in (r.get("traceback") or "").rstrip("\n").split("\n") if r.get("traceback") else ():
-        lines.append(f"{prefix}    {escape(extra)}")
+    if "traceback" in r:
+        lines += [f"{prefix}    {escape(bounded(extra))}" for extra in r["traceback"].rstrip("\n").split("\n")]
     return "\n".join(lines) + "\n"
