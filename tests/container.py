@@ -64,6 +64,7 @@ class Podman:
         with open(LOCK, "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not self.exists(BASE_IMAGE):
+                began = time.monotonic()
                 tar = self.workdir / "base.tar"
                 subprocess.run(
                     [
@@ -82,6 +83,7 @@ class Podman:
                 )
                 self.run("import", str(tar), BASE_IMAGE, timeout=300)
                 tar.unlink()
+                print(f"\ncontainer: base image {BASE_IMAGE} made in {time.monotonic() - began:.1f}s (once per machine)")
         return BASE_IMAGE
 
     def build(self, context: Path, tag: str) -> float:
