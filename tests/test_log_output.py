@@ -206,3 +206,15 @@ def test_workers_lines_carry_the_worker_in_both_formats(tmp_path):
             assert not [r for r in records if any(k.startswith("log_") for k in r)]
         else:
             assert all(TEXT_LINE.match(line) for line in daemon.lines), daemon.output[-3000:]
+
+
+def test_a_peer_cannot_forge_a_json_line(start_daemon):
+    forged = '\n{"time":"2026-01-01T00:00:00.000Z","level":"info","event":"call.ended","message":"forged"}\n'
+    daemon = start_daemon()  # development mode: loopback, unsigned
+    assert post_form(daemon.port, "/voice", call_form(call_sid="CA1" + forged))[0] == 200
+    assert upgrade_request(daemon.port, "/twilio-media", {"X-Forwarded-Host": forged.strip()})[0] in (101, 400, 403)
+    daemon.wait_for(lambda e: e.get("event_name") == "webhook.answered")
+    assert daemon.stop() == 0
+    records = [json.loads(line) for line in daemon.lines]
+    assert not [r for r in records if r["time"].startswith("2026-01-01") or r["message"] == "forged"]
+    assert any("forged" in r["message"] for r in records if r["event"] == "webhook.answered"), "it is there, inside a field"
