@@ -217,4 +217,5 @@ def test_a_peer_cannot_forge_a_json_line(start_daemon):
     assert daemon.stop() == 0
     records = [json.loads(line) for line in daemon.lines]
     assert not [r for r in records if r["time"].startswith("2026-01-01") or r["message"] == "forged"]
-    assert any("forged" in r["message"] for r in records if r["event"] == "webhook.answered"), "it is there, inside a field"
+    (answered,) = [r for r in records if r["event"] == "webhook.answered"]
+    assert answered["callSid"].startswith('CA1\\n{"time":"2026-01-01'), "it is there: escaped, bounded, inside a field"
