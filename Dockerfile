@@ -4,13 +4,22 @@
 #   docker build -t voicebridge .
 #   docker run -p 8080:8080 -e TWILIO_AUTH_TOKEN=... voicebridge \
 #       twist voicebridge --public-url https://voice.example.com
-FROM python:3.12-slim
+#
+# BASE_IMAGE is any Debian-like image with python3 (3.11+) and its venv module; the tests build
+# this file on a Debian bookworm base made with mmdebstrap (tests/test_container.py).
+ARG BASE_IMAGE=python:3.12-slim
+FROM ${BASE_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PORT=8080
+    PORT=8080 \
+    PATH=/opt/voicebridge/bin:$PATH
+
+# A virtualenv: Debian's own python3 refuses pip installs into the system (PEP 668), and the
+# same line works on python:3.12-slim. PATH puts its pip, python and twist first.
+RUN python3 -m venv /opt/voicebridge
 
 WORKDIR /app
 COPY setup.py pyproject.toml README.md ./
@@ -35,4 +44,4 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=10s --retries=3 \
 STOPSIGNAL SIGTERM
 # `twist voicebridge` on tcp:$PORT, 8080 here. Platforms replace this command to add
 # --public-url (fly.toml, render.yaml, railway.toml), so there is no ENTRYPOINT to combine with.
-CMD ["twist", "voicebridge"]
+CMD ["twist", "voicebridge", "--log-format", "json"]

@@ -1,4 +1,8 @@
-"""Run ``twist voicebridge`` as a real subprocess and read its JSON log, for integration tests."""
+"""Run ``twist voicebridge`` as a real subprocess and read its log (JSON lines), for integration tests.
+
+Each line is one JSON object (voicebridge/observe/formats.py); the event's name, ``event`` there,
+is also ``event_name`` here, the name the code logs it under. A line that is not JSON (a daemon
+run with ``--log-format text``, a usage error) is ``{"raw": line}``."""
 
 from __future__ import annotations
 
@@ -81,21 +85,25 @@ class Daemon:
             event = self.wait_for(
                 lambda e: e.get("event_name") == "service.listening" or "voicebridge listening on" in e.get("raw", ""), timeout
             )
-            # JSON from twist; twistd writes text, where the banner names the bound addresses.
+            # JSON lines by default; a text log's banner names the bound addresses.
             self.ports = event.get("listening_ports") or [int(p) for p in re.findall(r":(\d+)[,;]", event.get("raw", ""))]
             self.port = self.ports[0] if self.ports else None
         return self
 
     def _read(self):
         for raw in self.proc.stdout:
-            line = raw.decode("utf-8", "replace").strip("\x1e\r\n")
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
             with self._lock:
                 self.lines.append(line)
                 try:
                     event = json.loads(line)
                 except ValueError:
+                    event = None
+                if isinstance(event, dict):
+                    event.setdefault("event_name", event.get("event"))
+                else:
                     event = {"raw": line}
-                self.events.append(event if isinstance(event, dict) else {"raw": line})
+                self.events.append(event)
 
     def signal(self, sig=signal.SIGTERM):
         self.proc.send_signal(sig)

@@ -109,7 +109,7 @@ def test_stream_without_upgrade_gets_426_diagnosis(signed_daemon):
     assert headers["x-voicebridge-diagnosis"] == "upgrade-missing"
     assert b"proxy" in body and b"proxy_set_header Upgrade" in body
     event = signed_daemon.wait_for(lambda e: e.get("event_name") == "stream.upgrade_missing")
-    assert event["log_level"]["name"] == "warn"
+    assert event["level"] == "warn"
     request_event = signed_daemon.wait_for(lambda e: e.get("event_name") == "stream.request")
     assert request_event["upgrade"] == "-" and request_event["connection"] == "close"
 
@@ -189,7 +189,7 @@ def test_stream_query_string_is_merged_with_a_warning(start_daemon):
     assert started["parameters"]["businessId"] == "b-q"
     assert started["parameters"]["plan"] == "basic", "Twilio's customParameters win over the url's query"
     warning = daemon.named("stream.query_string")[0]
-    assert "31920" in warning["log_format"]
+    assert "31920" in warning["message"]
 
 
 def test_development_mode_is_announced_and_serves_loopback(start_daemon):

@@ -76,6 +76,9 @@ def effective_default(flag: str):
         return relay.DEFAULTS.get(key) if handler == "relay" else None
     if flag == "handler":
         return DEFAULT_HANDLER
+    for name, _short, default, *_rest in tap.Options.optParameters:
+        if name == flag and default is not None:
+            return default
     return None
 
 

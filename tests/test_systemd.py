@@ -139,6 +139,7 @@ def test_unit_runs_the_daemon_as_documented(unit, tmp_path, pki):
     options = Options()
     options.parseOptions([a.replace("%d", str(credentials)).replace("/etc/voicebridge/tls", str(tls_dir)) for a in argv[2:]])
     assert options["auth_token"] == "token-from-systemd"
+    assert options["log-format"] == "journald", "each line's priority, for journalctl -p"
     assert settings["LoadCredential"] == ["twilio-auth-token:/etc/voicebridge/twilio-auth-token"]
     drain = options["limits"].drain_timeout
     stop = float(settings["TimeoutStopSec"][0])

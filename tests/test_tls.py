@@ -268,7 +268,7 @@ def test_sighup_with_broken_files_keeps_the_old_certificate(start_daemon, pki, c
     daemon.signal(signal.SIGHUP)
     failed = daemon.wait_for(lambda e: e.get("event_name") == "tls.reload_failed")
     assert reason in failed["reason"]
-    assert failed["log_level"]["name"] == "error"
+    assert failed["level"] == "error"
     assert handshake(daemon.port, pki.root_pem).leaf == old.certificate
     assert not daemon.named("tls.reloaded")
     assert daemon.proc.poll() is None
@@ -277,7 +277,7 @@ def test_sighup_with_broken_files_keeps_the_old_certificate(start_daemon, pki, c
 def test_sighup_without_tls_is_harmless(start_daemon):
     daemon = start_daemon()
     daemon.signal(signal.SIGHUP)
-    assert "nothing to reload" in daemon.wait_for(lambda e: e.get("event_name") == "service.reload")["log_format"]
+    assert "nothing to reload" in daemon.wait_for(lambda e: e.get("event_name") == "service.reload")["message"]
     from tests.http import request
 
     assert request(daemon.port, "GET", "/healthz")[0] == 200

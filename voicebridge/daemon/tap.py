@@ -21,6 +21,7 @@ from voicebridge.daemon import startup
 from voicebridge.daemon.service import AdoptedListenService, VoiceBridgeService
 from voicebridge.daemon.signals import ProcessSignals
 from voicebridge.fastpath import leanloop
+from voicebridge.observe import output
 from voicebridge.tls import listen as tls
 from voicebridge.web.admission import Admission
 from voicebridge.web.publicurl import PublicURLError, PublicURLs, TrustedProxies, parse_public_url
@@ -70,6 +71,13 @@ class Options(usage.Options):
         ["handler", None, None, f"Handler for calls whose tenant names none (default: {DEFAULT_HANDLER})."],
         ["auth-token-file", None, None, "File holding the Twilio auth token (else TWILIO_AUTH_TOKEN)."],
         ["workers", None, None, "Processes serving the same ports, N or auto (one per core); default: this process alone."],
+        [
+            "log-format",
+            None,
+            "auto",
+            "Log lines as text, json (one JSON object a line) or journald (text with syslog priorities); "
+            "default auto: journald under systemd, text on a terminal, json elsewhere.",
+        ],
         *limits.opt_parameters(),
         # Handler settings: each flag is one option of one handler (HANDLER_FLAGS), as in [handlers.NAME].
         ["record-dir", None, None, "record: directory for each call's WAV and JSON files."],
@@ -121,6 +129,10 @@ class Options(usage.Options):
         )
 
     def postOptions(self):
+        self["log-format"] = self["log-format"].lower()
+        if self["log-format"] not in output.FORMATS:
+            raise usage.UsageError(f"--log-format {self['log-format']!r}: one of {', '.join(output.FORMATS)}")
+        output.take_over(self, self["log-format"])
         if not self["listen"]:
             self["listen"] = [default_listen()]
         if self["public-url"]:
