@@ -33,7 +33,7 @@ def test_text_length_agrees_with_read_header(b0, length, form, masked, cut):
         return
     head = _header(b0, length, form, b"\x01\x02\x03\x04" if masked else b"")
     buf = b"xx" + head[:cut]  # at an offset, as in a read holding several frames
-    got = frames.text_length(buf, 2)
+    got = frames.text_length(buf, 2, len(buf))
     parsed = frames.read_header(buf, 2)
     minimal = (form == 7 and length <= 125) or (form == 16 and 126 <= length <= 0xFFFF)
     common = b0 == frames.FIN_TEXT and masked and minimal and form != 64

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
@@ -11,6 +12,7 @@ from voicebridge import handlers
 from voicebridge.call.call import handlers_in_use, resolve_handlers
 from voicebridge.config import limits
 from voicebridge.config.file import DEFAULT_HANDLER, Config, ConfigError, Settings, load_config, read_auth_token
+from voicebridge.fastpath import switch
 from voicebridge.tls import listen as tls
 from voicebridge.web.publicurl import PublicURLError, PublicURLs, TrustedProxies, parse_public_url
 
@@ -67,6 +69,7 @@ class Options(usage.Options):
     ]
     optFlags = [
         ["show-numbers", None, "Log phone numbers in full (masked by default)."],
+        ["no-fast-path", None, "Serve on plain Twisted and Autobahn, no per-frame fast path (or VOICEBRIDGE_FAST_PATH=off)."],
     ]
 
     def __init__(self):
@@ -96,6 +99,10 @@ class Options(usage.Options):
         )
 
     def postOptions(self):
+        try:
+            self["fast_path"] = switch.requested(self["no-fast-path"], os.environ)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
         if not self["listen"]:
             self["listen"] = [default_listen()]
         if self["public-url"]:
@@ -166,6 +173,8 @@ class Options(usage.Options):
             limits=self["limits"],
             tls=dict(self["tls"]),
             handlers=self["handlers"],
+            fast_path=self["fast_path"].on,
+            fast_path_reason=self["fast_path"].reason,
         )
 
 
@@ -176,21 +185,23 @@ def makeService(options, reactor=None):
     from voicebridge.call.call import CallRegistry
     from voicebridge.daemon.service import AdoptedListenService, VoiceBridgeService
     from voicebridge.daemon.signals import ProcessSignals
-    from voicebridge.fastpath import leanloop
     from voicebridge.web.admission import Admission
     from voicebridge.web.site import build_site
     from voicebridge.workers.peers import SupervisorLink, worker_spec
 
     settings = options.settings()
     spec = worker_spec()
-    if spec is None and options["worker_count"]:
+    # The self-check; the lean poll step installed when on (a supervisor only reports what its workers will do).
+    supervising = spec is None and options["worker_count"]
+    fast = switch.engage(options["fast_path"], reactor, install=not supervising)
+    settings = dataclasses.replace(settings, fast_path=fast.on, fast_path_reason=fast.reason)
+    if supervising:
         from voicebridge.workers.supervisor import Supervisor
 
         supervisor = Supervisor(settings, options.argv, options["worker_count"], reactor)
         ProcessSignals(reactor, supervisor.cut, supervisor.reload).setServiceParent(supervisor)
         return supervisor
 
-    leanloop.install(reactor)  # a tenth of the CPU at load: see voicebridge/fastpath/leanloop.py
     urls = PublicURLs(settings.public_url, TrustedProxies(settings.trusted_proxies))
     registry = CallRegistry(settings, reactor)
     admission = Admission(settings, registry)

@@ -91,31 +91,32 @@ INCOMPLETE = -1  # text_length: the header is not all in yet
 OTHER = -2  # text_length: not the common frame
 
 
-def text_length(buf: bytes, pos: int) -> int:
+def text_length(buf: bytes, pos: int, end: int) -> int:
     """The payload length of the common frame whose header starts at ``buf[pos]``, else OTHER or INCOMPLETE.
 
-    The common frame: FIN, no RSV bits, text, masked, at most 65535 bytes, the length in its
-    shortest encoding; its header is 6 bytes when the length is at most 125 (MAX_SHORT), else 8.
-    OTHER as soon as the first two bytes show it is any other frame (or, once the header is all
-    in, its length is not in the shortest encoding); INCOMPLETE while a header that may still be
-    one is cut short. The daemon's fast path reads every frame of a call with this, so it is
-    written for instructions: one call, a few comparisons (``read_header``, which reads any
-    frame, costs 4% more per echoed frame in benchmarks/instructions.py).
+    ``end`` is ``len(buf)``. The common frame: FIN, no RSV bits, text, masked, at most 65535
+    bytes, the length in its shortest encoding; its header is 6 bytes when the length is at
+    most 125 (MAX_SHORT), else 8. OTHER as soon as the first two bytes show it is any other
+    frame (or, once the header is all in, its length is not in the shortest encoding);
+    INCOMPLETE while a header that may still be one is cut short. The daemon's fast path reads
+    every frame of a call with this, so it is written for instructions, the commonest case
+    (a media frame: 16-bit length) first: one call, a few comparisons. ``read_header``, which
+    reads any frame, costs 4% more per echoed frame (benchmarks/instructions.py).
     """
-    avail = len(buf) - pos
+    avail = end - pos
     if avail < 2:
         return INCOMPLETE
+    if buf[pos] != 0x81:  # FIN_TEXT
+        return OTHER
     b1 = buf[pos + 1]
-    if buf[pos] != FIN_TEXT or b1 < MASK_BIT:
+    if b1 == 0xFE:  # masked, a 16-bit length
+        if avail < 8:
+            return INCOMPLETE
+        length = (buf[pos + 2] << 8) | buf[pos + 3]
+        return length if length > 125 else OTHER  # else not the shortest encoding
+    if b1 < 0x80 or b1 == 0xFF:  # unmasked, or a 64-bit length
         return OTHER
-    if b1 < 0xFE:  # MASK_BIT | a 7-bit length
-        return b1 - MASK_BIT if avail >= 6 else INCOMPLETE
-    if b1 == 0xFF:  # a 64-bit length: never the common frame
-        return OTHER
-    if avail < 8:
-        return INCOMPLETE
-    length = (buf[pos + 2] << 8) | buf[pos + 3]
-    return length if length > MAX_SHORT else OTHER
+    return b1 - 0x80 if avail >= 6 else INCOMPLETE
 
 
 def read_header(buf: bytes, pos: int = 0) -> tuple[int, int, int, bytes] | None:

@@ -88,7 +88,7 @@ class FastTextFrames:
         sink = self.text_sink
         hand_off = False
         while pos < end:
-            length = text_length(data, pos)  # the codec the load tester uses too (voicebridge/fastpath/frames.py)
+            length = text_length(data, pos, end)  # the codec the load tester uses too (voicebridge/fastpath/frames.py)
             if length < 0:
                 # INCOMPLETE: wait for the rest of the header, as Autobahn would. OTHER: Autobahn's to answer
                 # (control frames, fragments, RSV bits, unmasked frames, non-minimal or 64-bit lengths).
