@@ -181,6 +181,43 @@ def test_the_poll_step_falls_back_to_twisteds_own_and_the_loop_goes_on(epoll):
     assert got == [b"still"]
 
 
+def test_a_name_missing_while_handling_an_event_hands_over_to_twisteds_step(epoll, monkeypatch):
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    leanloop.install(epoll)
+    a, b = socket.socketpair()
+
+    class Reader:
+        def fileno(self):
+            return b.fileno()
+
+        def doRead(self):
+            b.recv(10)
+
+        def connectionLost(self, reason):
+            pass
+
+        def logPrefix(self):
+            return "Reader"
+
+    def renamed(selectable, fd, event):
+        raise AttributeError("'EPollReactor' object has no attribute '_renamed'", name="_renamed", obj=epoll)
+
+    reader = Reader()
+    try:
+        epoll.addReader(reader)
+        monkeypatch.setattr(epoll, "_doReadOrWrite", renamed)
+        a.send(b"x")
+        epoll.doIteration(0.1)
+    finally:
+        epoll.removeReader(reader)
+        a.close()
+        b.close()
+        globalLogPublisher.removeObserver(events.append)
+    assert epoll.doIteration.__func__ is not leanloop._poll
+    assert [e["event_name"] for e in events if e.get("event_name")] == ["reactor.io_error", "fastpath.disabled"]
+
+
 # Workers' shared sockets: the private constructor where it is there, else the public adoptStreamPort.
 
 

@@ -119,7 +119,7 @@ def _poll(self, timeout):
             log.failure(
                 "unhandled error handling an event for {selectable}", event_name="reactor.io_error", selectable=selectable
             )
-            if isinstance(e, AttributeError) and e.obj in (self, selectable):  # a private name, renamed
+            if isinstance(e, AttributeError) and (e.obj is self or e.obj is selectable):  # a private name, renamed
                 _fall_back(self, e)
                 return
 
