@@ -315,3 +315,12 @@ def test_by_default_the_fast_path_is_on_after_the_self_check(start_daemon):
     daemon = start_daemon()
     assert (_banner(daemon)["fast_path"], _banner(daemon)["fast_path_reason"]) == ("on", "self-check passed")
     yield _echoes(daemon)
+
+
+@pytest_twisted.inlineCallbacks
+def test_workers_take_the_switch_from_their_supervisor(start_daemon):
+    """--workers passes the flag on: the supervisor's banner says off, and a worker echoes on the plain path."""
+    daemon = start_daemon("--workers", "2", "--no-fast-path")
+    banner = _banner(daemon)
+    assert (banner["fast_path"], banner["fast_path_reason"], banner["workers"]) == ("off", "--no-fast-path", 2)
+    yield _echoes(daemon)
