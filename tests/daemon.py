@@ -34,6 +34,18 @@ def source_env(extra: dict | None = None) -> dict:
     return env
 
 
+def usage_error(args: list[str]) -> str:
+    """What ``twist voicebridge ARGS`` refuses its options with, from the same parser, in this process."""
+    import pytest
+    from twisted.python import usage
+
+    from voicebridge.daemon.tap import Options
+
+    with pytest.raises(usage.UsageError) as refused:
+        Options().parseOptions(args)
+    return str(refused.value)
+
+
 class DaemonFailed(RuntimeError):
     pass
 

@@ -1,4 +1,7 @@
-"""Real speech as test audio: espeak-ng says a sentence, sox turns it into what Twilio sends.
+"""Real speech as test audio: a sentence espeak-ng said, as Twilio sends it (tests/data/speech.ulaw).
+
+The file is kept in the repository (tests/data/README.md has the command that made it), so the
+tests need neither espeak-ng nor sox.
 
 Twilio's media is 8 kHz mono G.711 mu-law in 20 ms frames of 160 bytes. ``reference_decode`` is
 G.711's decoding written out from the standard, so tests check voicebridge's decoding against
@@ -7,29 +10,12 @@ the standard rather than against the same library.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 FRAME = 160
-SENTENCE = "Thank you for calling. Please leave your message after the tone, and we will call you back tomorrow."
-
-
-def make_speech(directory: Path, text: str = SENTENCE) -> bytes:
-    """The sentence as raw 8 kHz mu-law (sox resamples espeak-ng's 22 kHz PCM and encodes it)."""
-    for tool in ("espeak-ng", "sox"):
-        if shutil.which(tool) is None:
-            pytest.fail(f"{tool} is not installed; .ci/run installs it (apt-get install espeak-ng sox)")
-    wav, raw = directory / "speech.wav", directory / "speech.ulaw"
-    subprocess.run(["espeak-ng", "-w", str(wav), text], check=True, capture_output=True)
-    subprocess.run(
-        ["sox", str(wav), "-r", "8000", "-c", "1", "-e", "mu-law", "-b", "8", "-t", "raw", str(raw)],
-        check=True,
-        capture_output=True,
-    )
-    return raw.read_bytes()
+SPEECH = Path(__file__).resolve().parent / "data" / "speech.ulaw"
 
 
 def split_frames(audio: bytes, size: int = FRAME) -> list[bytes]:
@@ -48,8 +34,8 @@ def reference_decode(code: int) -> int:
 
 
 @pytest.fixture(scope="session")
-def speech(tmp_path_factory) -> list[bytes]:
-    """A spoken sentence (about 5 s) as Twilio's 160-byte mu-law frames."""
-    frames = split_frames(make_speech(tmp_path_factory.mktemp("speech")))
-    assert len(frames) > 150, "espeak-ng produced less speech than expected"
+def speech() -> list[bytes]:
+    """A spoken sentence (3.6 s) as Twilio's 160-byte mu-law frames."""
+    frames = split_frames(SPEECH.read_bytes())
+    assert len(frames) == 179, "tests/data/speech.ulaw is not the file tests/data/README.md describes"
     return frames

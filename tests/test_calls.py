@@ -80,7 +80,9 @@ def test_query_parameters_merge_under_custom_parameters():
 
 
 class Recorder(Handler):
-    events = []
+    def __init__(self, call, options):
+        super().__init__(call, options)
+        self.events = []  # this call's own: nothing carries over to another test
 
     def on_start(self, start):
         self.events.append(("start", start.call_sid))
@@ -108,14 +110,14 @@ def test_handler_sees_every_event_and_a_failure_hangs_up(monkeypatch):
     monkeypatch.setitem(handlers.BUILTIN, "recorder", "tests.test_calls:Recorder")
     reg, _ = registry(handler="recorder")
     call, link = new_call(reg)
-    Recorder.events.clear()
     start(call)
+    recorder = call.handler
     assert [type(x) for x in link.sent] == [m.Mark, m.Clear]
     call.text_received(m.twilio_dtmf(SID, "5", 3))
     call.text_received(m.twilio_mark(SID, "hello", 4))
     call.text_received(m.twilio_media(SID, b"a", 1, 20, 5))
     call.text_received(m.twilio_media(SID, b"a", 2, 40, 6))
-    assert Recorder.events == [("start", CALL), ("dtmf", "5"), ("mark", "hello"), ("media", 20), ("media", 40), ("stop", "error")]
+    assert recorder.events == [("start", CALL), ("dtmf", "5"), ("mark", "hello"), ("media", 20), ("media", 40), ("stop", "error")]
     assert link.closed[0] == 1011 and call.errors["handler-error"] == 1
 
 

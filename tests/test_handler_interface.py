@@ -20,7 +20,10 @@ SID, CALL, ACC = "MZ" + "1" * 32, "CA" + "2" * 32, "AC" + "3" * 32
 
 class FrameTaker(Handler):
     wants_frames = True
-    seen = []
+
+    def __init__(self, call, options):
+        super().__init__(call, options)
+        self.seen = []  # this call's own: nothing carries over to another test
 
     def on_start(self, start):
         self.seen.append(("opening", list(self.call.opening_frames)))
@@ -53,7 +56,6 @@ class Talker(Handler):
 def extra_handlers(monkeypatch):
     monkeypatch.setitem(handlers.BUILTIN, "frametaker", "tests.test_handler_interface:FrameTaker")
     monkeypatch.setitem(handlers.BUILTIN, "talker", "tests.test_handler_interface:Talker")
-    FrameTaker.seen.clear()
 
 
 def test_a_handler_that_wants_frames_sees_them_byte_for_byte(extra_handlers):
@@ -64,11 +66,12 @@ def test_a_handler_that_wants_frames_sees_them_byte_for_byte(extra_handlers):
     dtmf, stop = m.twilio_dtmf(SID, "7", 4), m.twilio_stop(SID, CALL, ACC, 5)
     call.text_received(connected)
     call.text_received(start)
-    assert FrameTaker.seen == [("opening", [connected, start])]
+    taker = call.handler
+    assert taker.seen == [("opening", [connected, start])]
     assert call.opening_frames == [], "taken in on_start; the raw start frame is not kept for the whole call"
     for frame in (media, dtmf, stop):
         call.text_received(frame)
-    assert FrameTaker.seen == [("opening", [connected, start]), ("media", media), ("dtmf", dtmf), ("stop", stop)]
+    assert taker.seen == [("opening", [connected, start]), ("media", media), ("dtmf", dtmf), ("stop", stop)]
     assert call.frame is None, "the frame is kept only while it is dispatched"
 
 
@@ -79,10 +82,15 @@ class FrameSpy(Handler):
         self.spied = self.call.frame
 
 
+class FrameKeepingSpy(FrameSpy):
+    wants_frames = True
+
+
 def test_other_calls_go_back_to_the_plain_path_at_start(monkeypatch):
     from voicebridge import handlers
 
     monkeypatch.setitem(handlers.BUILTIN, "spy", "tests.test_handler_interface:FrameSpy")
+    monkeypatch.setitem(handlers.BUILTIN, "keeping-spy", "tests.test_handler_interface:FrameKeepingSpy")
     reg, _ = registry(handler="spy")
     call, _ = new_call(reg)
     start = m.twilio_start(SID, CALL, ACC)
@@ -91,15 +99,11 @@ def test_other_calls_go_back_to_the_plain_path_at_start(monkeypatch):
     media = m.twilio_media(SID, b"x" * 160, 1, 0, 2)
     call.text_received(media)
     assert call.handler.spied is None and call.frames_in == 1, "media took the plain path: no frame kept"
-    FrameSpy.wants_frames = True
-    try:
-        reg2, _ = registry(handler="spy")
-        keeper, _ = new_call(reg2)
-        keeper.text_received(start)
-        keeper.text_received(media)
-        assert keeper.keeps_frames and keeper.handler.spied == media and keeper.frame is None
-    finally:
-        FrameSpy.wants_frames = False
+    reg2, _ = registry(handler="keeping-spy")
+    keeper, _ = new_call(reg2)
+    keeper.text_received(start)
+    keeper.text_received(media)
+    assert keeper.keeps_frames and keeper.handler.spied == media and keeper.frame is None
 
 
 class Watcher:

@@ -74,7 +74,11 @@ def test_events_reach_doread_and_a_failing_reader_is_disconnected_not_the_loop(e
 
 class Capture(protocol.Protocol):
     def connectionMade(self):
+        self.lost = None
         self.factory.connected.callback(self)
+
+    def connectionLost(self, reason):
+        self.lost = reason.type
 
 
 @pytest.fixture
@@ -119,15 +123,24 @@ def test_write_now_queues_behind_buffered_bytes(tcp_pair):
 
 @pytest_twisted.inlineCallbacks
 def test_write_now_after_the_peer_left_does_not_raise(tcp_pair):
-    from twisted.internet import reactor
+    """Writes to a peer that has gone raise nothing and log nothing; the loss is reported once, as a loss."""
+    from twisted.internet import error, reactor
+    from twisted.python import log as legacy_log
 
     connected, client = tcp_pair
     server = yield connected
-    client.close()
-    yield defer.Deferred.fromCoroutine(_turn(reactor))
-    for _ in range(3):
-        leanloop.write_now(server.transport, b"x" * 1000)
+    errors = []
+    legacy_log.addObserver(errors.append)
+    try:
+        client.close()
         yield defer.Deferred.fromCoroutine(_turn(reactor))
+        for _ in range(3):
+            leanloop.write_now(server.transport, b"x" * 1000)
+            yield defer.Deferred.fromCoroutine(_turn(reactor))
+    finally:
+        legacy_log.removeObserver(errors.append)
+    assert server.lost in (error.ConnectionDone, error.ConnectionLost)
+    assert [e for e in errors if e.get("isError")] == []
     server.transport.loseConnection()
 
 

@@ -155,11 +155,10 @@ class StreamResource(Resource):
         return f"{status}: {message}\n".encode("utf-8")
 
 
-class MediaStreamProtocol(FastTextFrames, WebSocketServerProtocol):
+class PlainMediaStreamProtocol(WebSocketServerProtocol):
     """Frames in, calls on a ``Call``; ``send_text`` and ``close`` out. No meaning here.
 
-    ``FastTextFrames`` carries the common frame (one unfragmented text frame) both ways;
-    Autobahn everything else.
+    Every frame through Autobahn: what ``--no-fast-path`` serves (``MediaStreamProtocol`` otherwise).
     """
 
     call = None
@@ -222,7 +221,12 @@ class MediaStreamProtocol(FastTextFrames, WebSocketServerProtocol):
         )
         return super().failHandshake(reason, code, responseHeaders)
 
-    # The link a Call talks through: ``send_text`` (FastTextFrames') and ``close``.
+    # The link a Call talks through: ``send_text`` and ``close``.
+
+    def send_text(self, payload: bytes) -> None:
+        """A text message, dropped unless OPEN (a ``Call`` sends from timers that may outlive the stream)."""
+        if self.state == self.STATE_OPEN:
+            self.sendMessage(payload, False)
 
     def close(self, code: int, reason: str) -> None:
         if self.state == self.STATE_OPEN:
@@ -236,12 +240,18 @@ class MediaStreamProtocol(FastTextFrames, WebSocketServerProtocol):
             self.dropConnection(abort=True)
 
 
+class MediaStreamProtocol(FastTextFrames, PlainMediaStreamProtocol):
+    """The same, with ``FastTextFrames`` carrying the common frame (one unfragmented text frame) both ways."""
+
+
 class MediaStreamFactory(WebSocketServerFactory):
     protocol = MediaStreamProtocol
     streams = None  # call/streamlog.WatchedStreams, set by StreamResource
 
     def __init__(self, registry, urls, settings):
         super().__init__(server="voicebridge")
+        if not settings.fast_path:  # off by flag, environment or the start-up self-check (voicebridge/fastpath/switch.py)
+            self.protocol = PlainMediaStreamProtocol
         self.registry = registry
         self.urls = urls
         limits = settings.limits

@@ -245,3 +245,6 @@ class Settings:
     tls: dict = field(default_factory=dict, repr=False)
     # call.resolve.resolve_handlers(this), resolved once at start-up; None: resolve when needed.
     handlers: dict | None = field(default=None, repr=False)
+    # Whether streams take the fast path (voicebridge/fastpath/switch.py), and why: the banner says.
+    fast_path: bool = True
+    fast_path_reason: str = "on"

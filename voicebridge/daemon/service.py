@@ -187,7 +187,8 @@ def banner(settings, urls, enforcing: bool, addresses: list[str], ports: list[in
         stream_url = f"derived per request from Host (wss://HOST{urls.stream_path}); set --public-url"
     log.info(
         "voicebridge listening on {addresses}; public url {public_url}; stream url given to Twilio: {stream_url}; "
-        "signatures {signatures}; handler {handler}; tenants {tenants}" + "".join(f"; {k} {{{k}}}" for k in extra),
+        "signatures {signatures}; handler {handler}; tenants {tenants}; fast path {fast_path} ({fast_path_reason})"
+        + "".join(f"; {k} {{{k}}}" for k in extra),
         event_name="service.listening",
         addresses=", ".join(addresses),
         listening_ports=ports,
@@ -196,6 +197,8 @@ def banner(settings, urls, enforcing: bool, addresses: list[str], ports: list[in
         signatures="enforced" if enforcing else "NOT CHECKED (development mode)",
         handler=settings.handler,
         tenants=", ".join(sorted(settings.config.tenants)) or "none",
+        fast_path="on" if settings.fast_path else "off",
+        fast_path_reason=settings.fast_path_reason,
         **extra,
     )
     if not enforcing:

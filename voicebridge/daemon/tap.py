@@ -7,6 +7,7 @@ the daemon on its own (``single_service``), under ``--workers`` the supervisor
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
@@ -20,7 +21,7 @@ from voicebridge.config.file import DEFAULT_HANDLER, Config, ConfigError, Settin
 from voicebridge.daemon import startup
 from voicebridge.daemon.service import AdoptedListenService, VoiceBridgeService
 from voicebridge.daemon.signals import ProcessSignals
-from voicebridge.fastpath import leanloop
+from voicebridge.fastpath import switch
 from voicebridge.observe import output
 from voicebridge.tls import listen as tls
 from voicebridge.web.admission import Admission
@@ -91,6 +92,7 @@ class Options(usage.Options):
     ]
     optFlags = [
         ["show-numbers", None, "Log phone numbers in full (masked by default)."],
+        ["no-fast-path", None, "Serve on plain Twisted and Autobahn, no per-frame fast path (or VOICEBRIDGE_FAST_PATH=off)."],
     ]
 
     def __init__(self):
@@ -133,6 +135,10 @@ class Options(usage.Options):
         if self["log-format"] not in output.FORMATS:
             raise usage.UsageError(f"--log-format {self['log-format']!r}: one of {', '.join(output.FORMATS)}")
         output.take_over(self, self["log-format"])
+        try:
+            self["fast_path"] = switch.requested(self["no-fast-path"], os.environ)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
         if not self["listen"]:
             self["listen"] = [default_listen()]
         if self["public-url"]:
@@ -210,6 +216,8 @@ class Options(usage.Options):
             limits=self["limits"],
             tls=dict(self["tls"]),
             handlers=self["handlers"],
+            fast_path=self["fast_path"].on,
+            fast_path_reason=self["fast_path"].reason,
         )
 
 
@@ -219,9 +227,12 @@ def makeService(options, reactor=None):
         from twisted.internet import reactor  # the one twistd installed: imported only once it has
     settings = options.settings()
     spec = worker_spec()
-    if spec is None and options["worker_count"]:
+    supervising = spec is None and options["worker_count"]
+    # The self-check, and the lean poll step when on (a supervisor only reports what its workers will do).
+    fast = switch.engage(options["fast_path"], reactor, install=not supervising)
+    settings = dataclasses.replace(settings, fast_path=fast.on, fast_path_reason=fast.reason)
+    if supervising:
         return supervisor_service(settings, options.argv, options["worker_count"], reactor)
-    leanloop.install(reactor)  # a tenth of the CPU at load: see voicebridge/fastpath/leanloop.py
     if spec is None:
         return single_service(settings, reactor)
     return worker_service(settings, spec, reactor)

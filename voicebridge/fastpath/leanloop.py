@@ -53,18 +53,42 @@ def install(reactor) -> bool:
     return True
 
 
+def uninstall(reactor) -> None:
+    """Back to Twisted's own poll step (the class's ``doIteration``)."""
+    if getattr(reactor.doIteration, "__func__", None) is _poll:
+        del reactor.doIteration
+
+
+def _fall_back(reactor, error: BaseException) -> None:
+    """A private name the step relies on is gone after all: Twisted's own step from now on, never a dead loop."""
+    uninstall(reactor)
+    log.warn(
+        "fast path's poll step disabled: {error}; Twisted's own poll step from now on",
+        event_name="fastpath.disabled",
+        missing=f"{type(error).__name__}: {error}",
+        error=repr(error),
+    )
+
+
 def _poll(self, timeout):
-    """``EPollReactor.doPoll``, the same but for ``log.callWithLogger`` around each event."""
+    """``EPollReactor.doPoll``, the same but for ``log.callWithLogger`` around each event.
+
+    Nothing it does can stop the loop: a private name that went missing (the start-up
+    self-check should have seen it) puts Twisted's own step back, and the events wait for it.
+    """
     if timeout is None:
         timeout = -1
     try:
         events = self._poller.poll(timeout, len(self._selectables))
+        dispatch = self._doReadOrWrite
+        selectables = self._selectables
     except OSError as e:
         if e.errno == errno.EINTR:
             return
         raise
-    dispatch = self._doReadOrWrite
-    selectables = self._selectables
+    except Exception as e:  # epoll is level-triggered: what was ready is reported again to Twisted's step
+        _fall_back(self, e)
+        return
     for fd, event in events:
         selectable = selectables.get(fd)
         if selectable is None:
@@ -91,10 +115,13 @@ def _poll(self, timeout):
                         why = sys.exc_info()[1]
                         legacy_log.err()  # as _doReadOrWrite reports it
             self._disconnectSelectable(selectable, why, True)
-        except Exception:  # what callWithLogger caught: never let one socket stop the loop
+        except Exception as e:  # what callWithLogger caught: never let one socket stop the loop
             log.failure(
                 "unhandled error handling an event for {selectable}", event_name="reactor.io_error", selectable=selectable
             )
+            if isinstance(e, AttributeError) and (e.obj is self or e.obj is selectable):  # a private name, renamed
+                _fall_back(self, e)
+                return
 
 
 def write_now(transport, data: bytes) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from autobahn.websocket.protocol import WebSocketProtocol
 
-from voicebridge.fastpath.frames import FIN_TEXT, LEN16, MASK_BIT, MAX_16BIT, MAX_SHORT, unmask
+from voicebridge.fastpath.frames import FIN_TEXT, LEN16, MAX_16BIT, MAX_SHORT, OTHER, text_length, unmask
 from voicebridge.fastpath.leanloop import write_now
 
 _OPEN = WebSocketProtocol.STATE_OPEN
@@ -87,33 +87,17 @@ class FastTextFrames:
         apply_mask = self.applyMask
         sink = self.text_sink
         hand_off = False
-        while True:
-            avail = end - pos
-            if avail < 2:
-                break
-            b1 = data[pos + 1]
-            if data[pos] != FIN_TEXT or not b1 & MASK_BIT:
-                hand_off = True
-                break
-            length = b1 & 0x7F
-            if length < 126:
-                start = pos + 6
-            elif length == 126:
-                if avail < 4:
-                    break
-                length = (data[pos + 2] << 8) | data[pos + 3]
-                if length < 126:  # not the minimal encoding: a protocol error for Autobahn to fail
-                    hand_off = True
-                    break
-                start = pos + 8
-            else:
-                hand_off = True
+        while pos < end:
+            length = text_length(data, pos, end)  # the codec the load tester uses too (voicebridge/fastpath/frames.py)
+            if length < 0:
+                # INCOMPLETE: wait for the rest of the header, as Autobahn would. OTHER: Autobahn's to answer
+                # (control frames, fragments, RSV bits, unmasked frames, non-minimal or 64-bit lengths).
+                hand_off = length == OTHER
                 break
             if length > limit:
                 hand_off = True
                 break
-            if start > end:  # the header is incomplete: wait for it, as Autobahn would
-                break
+            start = pos + 6 if length < 126 else pos + 8
             stop = start + length
             if stop > end:  # part of the payload: Autobahn streams it (and fails bad UTF-8 as it arrives)
                 hand_off = True

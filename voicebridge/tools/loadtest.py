@@ -17,7 +17,6 @@ import base64
 import binascii
 import os
 import random
-import struct
 import sys
 import time
 from array import array
@@ -301,26 +300,15 @@ class CallClient(Protocol):
     def _frames(self, data: bytes):
         now = time.perf_counter()
         buf = self.buf + data if self.buf else data
-        pos, size = 0, len(buf)
-        while True:
-            head = wsframes.read_header(buf, pos)
-            if head is None:
-                break
-            b0, length, header_len, mask = head
-            end = pos + header_len + length
-            if end > size:
-                break
-            payload = buf[pos + header_len : end]
-            if mask:
-                payload = wsframes.unmask(payload, mask)
-            pos = end
+        pos = 0
+        for b0, payload, pos in wsframes.split_frames(buf):  # noqa: B007 (pos: where the next read resumes)
             self._frame(b0, payload, now)
             if self.transport is None:
                 return
         self.buf = buf[pos:]
 
     def _frame(self, b0: int, payload: bytes, now: float):
-        opcode, fin = b0 & 0x0F, b0 & 0x80
+        opcode, fin = b0 & wsframes.OPCODE, b0 & wsframes.FIN
         if opcode == wsframes.OP_TEXT and fin:
             self._text(payload, now)
         elif opcode in (wsframes.OP_TEXT, wsframes.OP_BINARY):
@@ -331,16 +319,16 @@ class CallClient(Protocol):
                 whole, self.fragments = b"".join(self.fragments), None
                 self._text(whole, now)
         elif opcode == wsframes.OP_PING:
-            self.transport.write(wsframes.masked_frame(0x80 | wsframes.OP_PONG, payload, _mask()))
+            self.transport.write(wsframes.masked_frame(wsframes.FIN | wsframes.OP_PONG, payload, _mask()))
         elif opcode == wsframes.OP_CLOSE:
-            code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+            code = wsframes.close_code(payload)
             self.test.result.close_codes[code] += 1
             if not self.ending:
                 self.test.result.dropped += 1
             self.test.closed(self)
             if not self.sent_close:
                 self.sent_close = True
-                self.transport.write(wsframes.masked_frame(0x80 | wsframes.OP_CLOSE, payload[:2], _mask()))
+                self.transport.write(wsframes.masked_frame(wsframes.FIN | wsframes.OP_CLOSE, payload[:2], _mask()))
             self.transport.loseConnection()
 
     def _text(self, data: bytes, now: float):
@@ -383,7 +371,7 @@ class CallClient(Protocol):
         self._timer = None
         if not self.sent_close:
             self.sent_close = True
-            self.transport.write(wsframes.masked_frame(0x80 | wsframes.OP_CLOSE, struct.pack("!H", 1000), _mask()))
+            self.transport.write(wsframes.masked_frame(wsframes.FIN | wsframes.OP_CLOSE, wsframes.close_payload(1000), _mask()))
         self._timer = self.test.reactor.callLater(2.0, self.transport.abortConnection)
 
     def connectionLost(self, reason):

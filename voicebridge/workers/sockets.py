@@ -18,8 +18,11 @@ from dataclasses import dataclass
 
 from twisted.internet import tcp, unix
 from twisted.internet.abstract import isIPv6Address
+from twisted.logger import Logger
 
 from voicebridge.tls import listen as tls
+
+log = Logger(namespace="voicebridge.workers")
 
 PER_WORKER = ("tcp", "tcp6", "ssl")
 SHARED = ("unix", "systemd")
@@ -101,11 +104,33 @@ class _SharedUnixPort(unix.Port):
         tcp.Port.connectionLost(self, reason)  # unix.Port's would unlink the file
 
 
+def private_adopt_problems() -> list[str]:
+    """Whether the private constructor the shared sockets need is there, shaped as used (else: the public one)."""
+    import inspect
+
+    found = []
+    for cls, args in ((tcp.Port, (None, 0, 0, None)), (unix.Port, (None, 0, None))):
+        name = f"twisted.internet.{cls.__module__.rsplit('.', 1)[-1]}.Port._fromListeningDescriptor"
+        method = getattr(cls, "_fromListeningDescriptor", None)
+        if method is None:
+            found.append(f"{name} (missing)")
+            continue
+        try:
+            inspect.signature(method).bind(*args)
+        except (TypeError, ValueError):
+            found.append(f"{name} (does not take {len(args)} arguments)")
+    return found
+
+
 def adopt(reactor, fd: int, spec: ListenSpec, factory, tls_settings=None):
     """Listen (per-worker sockets) and accept on an inherited socket; the listening port.
 
     ``fd`` is duplicated; the caller closes its own. ``ssl:`` wraps ``factory`` in TLS with
-    ``tls_settings`` (a ``tls.ReloadableTLS``), as ``listenSSL`` does.
+    ``tls_settings`` (a ``tls.ReloadableTLS``), as ``listenSSL`` does. A per-worker socket is
+    Twisted's own port, through the public ``adoptStreamPort``. A shared socket needs a port of
+    ours (one accept per wake-up, and a unix socket file left in place), which only Twisted's
+    private constructor builds; where a Twisted release renamed it (``private_adopt_problems``),
+    the public port serves it, without those two refinements, and ``workers.adopt_fallback`` says so.
     """
     sock = socket.socket(fileno=fd)
     try:
@@ -117,11 +142,22 @@ def adopt(reactor, fd: int, spec: ListenSpec, factory, tls_settings=None):
             from twisted.protocols.tls import TLSMemoryBIOFactory
 
             factory = TLSMemoryBIOFactory(tls_settings, False, factory)
+        problems = [] if spec.per_worker else private_adopt_problems()
+        if spec.per_worker or problems:
+            if problems:
+                log.warn(
+                    "{kind}: socket shared by workers served by Twisted's public adoptStreamPort, since {missing}: "
+                    "each worker may take a whole burst of connections"
+                    + (", and the socket file goes when this worker stops" if family == socket.AF_UNIX else ""),
+                    event_name="workers.adopt_fallback",
+                    kind=spec.kind,
+                    missing="; ".join(problems),
+                )
+            return reactor.adoptStreamPort(sock.fileno(), family, factory)
         if family == socket.AF_UNIX:
             port = _SharedUnixPort._fromListeningDescriptor(reactor, sock.fileno(), factory)
         else:
-            cls = tcp.Port if spec.per_worker else _OneAcceptTCPPort
-            port = cls._fromListeningDescriptor(reactor, sock.fileno(), family, factory)
+            port = _OneAcceptTCPPort._fromListeningDescriptor(reactor, sock.fileno(), family, factory)
         port.startListening()
     finally:
         sock.detach()  # the fd stays the caller's: the port listens on its own duplicate
