@@ -60,7 +60,7 @@ def test_greeting_heard_and_caller_audio_arrives_byte_exact(start_daemon, fakes)
         "--realtime-instructions", "You answer for {businessId} (plan {plan}).", "--realtime-greeting", "Welcome to Acme",
         "--realtime-transcripts", env=ENV,
     )  # fmt: skip
-    script = CallScript(frames=60, interval=0.005, custom_parameters={"businessId": "business-1", "plan": "pro"}, linger=1.0)
+    script = CallScript(frames=60, interval=0.005, custom_parameters={"businessId": "business-1", "plan": "pro"}, dtmf="7", linger=1.0)
     outcome = yield play_call(reactor(), daemon.url("/twilio-media", "ws"), script).addTimeout(30, reactor())
     yield fake.closed.addTimeout(10, reactor())
 
@@ -69,7 +69,6 @@ def test_greeting_heard_and_caller_audio_arrives_byte_exact(start_daemon, fakes)
     assert "openai-beta" not in request_.headers, "the GA shape: no beta header"
     assert request_.path == "/v1/realtime" and request_.params == {"model": ["gpt-realtime"]}
     assert fake.problems == [], "the session is the GA shape, mu-law both ways, with the options asked for"
-    assert fake.session["turn_detection"] if "turn_detection" in fake.session else True
     assert fake.session["audio"]["input"]["transcription"] == {"model": "gpt-4o-mini-transcribe"}
     assert [t["name"] for t in fake.session["tools"]] == ["end_call"], "no transfers configured: no transfer_call"
 
@@ -81,6 +80,8 @@ def test_greeting_heard_and_caller_audio_arrives_byte_exact(start_daemon, fakes)
     assert fake.appends == len(outcome.sent) == 60
     assert outcome.close_code == 1000
     assert fake.closes and fake.closes[0][1] == 1000, "the provider link closes with the call"
+    keyed = [i for i in fake.items if i and i.get("role") == "user"]
+    assert len(keyed) == 1 and "pressed the key 7" in keyed[0]["content"][0]["text"], "DTMF reaches the agent as an item"
 
     transcript = yield daemon.wait_for_async(reactor(), named("realtime.transcript", role="agent"))
     assert "Welcome to Acme" in transcript["text"]
@@ -233,3 +234,101 @@ def test_end_call_hangs_up_after_the_goodbye_played(start_daemon, fakes):
     ended = yield daemon.wait_for_async(reactor(), named("call.ended", callSid=script.call_sid))
     assert ended["reason"] == "agent-hangup"
     yield fake.closed.addTimeout(10, reactor())
+
+
+FAILURES = {
+    # tenant: (how the fake misbehaves, the reason realtime.failed names)
+    "unreachable": (None, "connect-refused"),
+    "refused-401": ({"refuse": 401}, "unauthorized"),
+    "refused-429": ({"refuse": 429}, "rate-limited"),
+    "silent": ("silent", "handshake-timeout"),
+    "dies": ({"close_after": 10}, "closed"),
+    "errors": ({"error_on_session": True}, "error-event"),
+    "stalls": ({"replies": [Reply(hold=True)]}, "stalled"),
+}
+
+
+@pytest_twisted.inlineCallbacks
+def test_each_failure_ends_in_the_fallback_with_its_reason(start_daemon, fakes, tmp_path):
+    from tests.mediaapp import listen_silent
+    from tests.nginx import free_port
+
+    silent_port, silent = yield listen_silent(reactor())
+    lines = [
+        'handler = "openai-realtime"',
+        "[handlers.openai-realtime]",
+        'greeting = "Hello"',
+        "handshake_timeout = 1",
+        "stall_timeout = 1",
+        'fallback = "say"',
+        'message = "Our assistant is away."',
+    ]
+    for i, (tenant, (misbehaviour, _)) in enumerate(FAILURES.items()):
+        if misbehaviour is None:
+            url = f"ws://127.0.0.1:{free_port()}/v1/realtime"
+        elif misbehaviour == "silent":
+            url = f"ws://127.0.0.1:{silent_port.getHost().port}/v1/realtime"
+        else:
+            url = (yield fakes(**misbehaviour)).url
+        lines += [f"[tenants.{tenant}]", f'numbers = ["+1555010{i:04d}"]', f'handler_options = {{ url = "{url}" }}']
+    path = tmp_path / "vb.toml"
+    path.write_text("\n".join(lines) + "\n")
+    daemon = start_daemon("--config", str(path), env=ENV)
+
+    scripts = {tenant: CallScript(frames=300, interval=0.01, custom_parameters={"businessId": tenant}) for tenant in FAILURES}
+    calls = [play_call(reactor(), daemon.url("/twilio-media", "ws"), script) for script in scripts.values()]
+    outcomes = yield defer.gatherResults(calls).addTimeout(60, reactor())
+    try:
+        for (tenant, (_, reason)), script, outcome in zip(FAILURES.items(), scripts.values(), outcomes, strict=True):
+            assert outcome.closed_by_server and outcome.close_code == 1000 and not outcome.stop_sent, tenant
+            failed = yield daemon.wait_for_async(reactor(), named("realtime.failed", callSid=script.call_sid))
+            assert (failed["reason"], failed["fallback"]) == (reason, "say"), (tenant, failed["detail"])
+            ended = yield daemon.wait_for_async(reactor(), named("call.ended", callSid=script.call_sid))
+            assert ended["reason"] == "realtime-failed"
+            status, _, body = post_form(daemon.port, "/connect-action", call_form(call_sid=script.call_sid))
+            root = ET.fromstring(body)
+            assert [(c.tag, c.text) for c in root] == [("Say", "Our assistant is away."), ("Hangup", None)], tenant
+    finally:
+        for connection in silent.connections:
+            connection.transport.abortConnection()
+        yield silent_port.stopListening()
+    assert KEY not in daemon.output
+    _, _, body = request(daemon.port, "GET", "/metrics")
+    for _, reason in FAILURES.values():
+        assert f'voicebridge_realtime_failures_total{{reason="{reason}"}} 1.0' in body.decode()
+
+
+@pytest_twisted.inlineCallbacks
+def test_recorded_call_holds_both_sides_and_the_transcripts(start_daemon, fakes, tmp_path):
+    import json
+
+    from tests.test_record import read_wav
+    from voicebridge.audio.codec import ulaw_to_pcm16
+
+    def caller_words(fake, proto, event):
+        if event.get("type") == "input_audio_buffer.append" and fake.appends == 30:
+            proto.event({"type": "conversation.item.input_audio_transcription.completed", "item_id": "in_1",
+                         "content_index": 0, "transcript": "I need an appointment"})  # fmt: skip
+
+    fake = yield fakes(replies=[Reply(chunks=20, transcript="Acme dental, hello")], behaviour=caller_words)
+    daemon = start_daemon(
+        "--handler", "record", "--record-dir", str(tmp_path), "--record-handler", "openai-realtime",
+        "--realtime-url", fake.url, "--realtime-greeting", "Hello", "--realtime-transcripts", env=ENV,
+    )  # fmt: skip
+    script = CallScript(frames=60, interval=0.005, linger=1.0)
+    outcome = yield play_call(reactor(), daemon.url("/twilio-media", "ws"), script).addTimeout(30, reactor())
+    event = yield daemon.wait_for_async(reactor(), named("record.saved", callSid=script.call_sid), timeout=15)
+
+    left, right = read_wav(event["wav"])
+    caller = ulaw_to_pcm16(b"".join(outcome.sent))
+    agent = ulaw_to_pcm16(fake.agent_audio["item_1"])
+    import struct
+
+    as_ints = lambda pcm: list(struct.unpack(f"<{len(pcm) // 2}h", pcm))  # noqa: E731
+    assert left[: len(caller) // 2] == as_ints(caller), "the caller, as Twilio sent them"
+    start = next(i for i, v in enumerate(right) if v)  # the greeting plays from when it arrived
+    assert right[start : start + len(agent) // 2] == as_ints(agent), "the agent, as the caller heard it"
+    assert not any(right[start + len(agent) // 2 :]), "and nothing else"
+    sidecar = json.loads(open(event["sidecar"]).read())
+    assert sidecar["handler"] == "openai-realtime"
+    assert [(t["role"], t["text"]) for t in sidecar["transcripts"]] == [("agent", "Acme dental, hello"), ("caller", "I need an appointment")]

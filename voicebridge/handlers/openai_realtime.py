@@ -281,6 +281,7 @@ class OpenAIRealtimeHandler(Handler):
             protocol.dropConnection(abort=True)
             return
         self.state = OPEN
+        self.heard_at = self.clock.seconds()  # the stall clock starts with the link
         protocol.registerProducer(self, True)
         log.info(
             "realtime callSid={callSid} connected to {url} in {ms:.0f} ms",
@@ -600,8 +601,11 @@ class OpenAIRealtimeHandler(Handler):
         self._timers.pop("stall", None)
         if self.waiting_for is None or self.state not in (CONNECTING, OPEN):
             return
-        quiet = self.clock.seconds() - self.heard_at
         timeout = self.options["stall_timeout"]
+        if self.state == CONNECTING:  # connect_timeout and handshake_timeout cover this part
+            self._timers["stall"] = self.clock.callLater(timeout, self._check_stall)
+            return
+        quiet = self.clock.seconds() - self.heard_at
         if quiet < timeout:
             self._timers["stall"] = self.clock.callLater(timeout - quiet, self._check_stall)
             return
