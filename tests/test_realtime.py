@@ -74,8 +74,9 @@ def test_greeting_heard_and_caller_audio_arrives_byte_exact(start_daemon, fakes)
 
     greeting = fake.types("response.create")[0]
     assert "Welcome to Acme" in greeting["response"]["instructions"], "the agent speaks first"
-    assert b"".join(outcome.received) == fake.agent_audio["item_1"] == b"".join(chunk_audio(1, i) for i in range(25))
-    assert len(outcome.marks) == 25, "a mark per chunk, so the handler knows what was heard"
+    assert fake.agent_audio["item_1"] == b"".join(chunk_audio(1, i) for i in range(25))
+    assert b"".join(outcome.received) == fake.agent_audio["item_1"] + fake.agent_audio["item_2"], "the greeting, then the answer to the key"
+    assert len(outcome.marks) == 30, "a mark per chunk, so the handler knows what was heard"
     assert fake.audio == b"".join(outcome.sent), "the caller's audio reaches the API byte for byte, in order"
     assert fake.appends == len(outcome.sent) == 60
     assert outcome.close_code == 1000
@@ -93,7 +94,7 @@ def test_greeting_heard_and_caller_audio_arrives_byte_exact(start_daemon, fakes)
     _, _, body = request(daemon.port, "GET", "/metrics")
     text = body.decode()
     assert "voicebridge_realtime_calls_total 1.0" in text
-    assert 'voicebridge_realtime_bridge_latency_seconds_count 25.0' in text
+    assert "voicebridge_realtime_bridge_latency_seconds_count 30.0" in text
 
 
 @pytest_twisted.inlineCallbacks

@@ -632,7 +632,9 @@ class OpenAIRealtimeHandler(Handler):
             **call.ids,
         )
         self._abort()
-        if call.state == STARTED:
+        if self.ending is not None:
+            self._finish()  # the agent had already ended the conversation: do what it asked
+        elif call.state == STARTED:
             if fallback == "say":
                 call.registry.connect_actions.say_and_hang_up(call.call_sid, self.options["message"], reason)
             call.hangup("realtime-failed")
