@@ -100,8 +100,12 @@ def main(argv=None) -> int:
                     server.wait_ready()
                     print(f"realtime bench: {handler}, {calls} calls, {args.duration:g} s", file=sys.stderr, flush=True)
                     result = bench.run_load(server, calls, args.duration, args.load_core, None, None)
-                    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=10) as r:
-                        metrics = r.read().decode()
+                    try:
+                        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=30) as r:
+                            metrics = r.read().decode()
+                    except OSError as e:  # a saturated daemon may not answer in time
+                        print(f"    {handler}: /metrics: {e}", file=sys.stderr, flush=True)
+                        metrics = ""
                 finally:
                     server.stop()
                 bridge = parse_histogram(metrics, "voicebridge_realtime_bridge_latency_seconds")
@@ -122,6 +126,7 @@ def main(argv=None) -> int:
                         "other_messages": result.get("other_messages"),
                     }
                 )
+                print(f"    {json.dumps(rows[-1])}", file=sys.stderr, flush=True)
                 time.sleep(1)
     finally:
         provider.terminate()

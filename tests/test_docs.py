@@ -9,7 +9,7 @@ from voicebridge.config import limits
 from voicebridge.config.file import DEFAULT_HANDLER
 from voicebridge.daemon import tap
 from voicebridge.daemon.tap import Options
-from voicebridge.handlers import relay
+from voicebridge.handlers import openai_realtime_options, relay
 
 
 def readme() -> str:
@@ -73,14 +73,15 @@ def effective_default(flag: str):
             return getattr(limits.Limits, attr)
     if flag in tap.HANDLER_FLAGS:
         handler, key = tap.HANDLER_FLAGS[flag]
-        return relay.DEFAULTS.get(key) if handler == "relay" else None
+        defaults = {"relay": relay.DEFAULTS, "openai-realtime": openai_realtime_options.DEFAULTS}.get(handler, {})
+        return defaults.get(key)
     if flag == "handler":
         return DEFAULT_HANDLER
     return None
 
 
 def documented_default(row: str):
-    match = re.search(r"[Dd]efault:? `?([\w.]+)", row)
+    match = re.search(r"[Dd]efault:? `?([\w.-]+)", row)
     if match is None:
         return "undocumented"
     text = match.group(1)

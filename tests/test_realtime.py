@@ -333,3 +333,41 @@ def test_recorded_call_holds_both_sides_and_the_transcripts(start_daemon, fakes,
     sidecar = json.loads(open(event["sidecar"]).read())
     assert sidecar["handler"] == "openai-realtime"
     assert [(t["role"], t["text"]) for t in sidecar["transcripts"]] == [("agent", "Acme dental, hello"), ("caller", "I need an appointment")]
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_documented_receptionist_transfers_to_its_sip_desk(start_daemon, fakes, tmp_path):
+    """docs/handlers.md's worked example, run as written (paths and the API's URL swapped for the test's)."""
+    from tests.test_handler_docs import block
+
+    def caller_asks(fake, proto, event):  # "Billing, please": the server's VAD ends the turn and answers
+        if event.get("type") == "input_audio_buffer.append" and fake.appends == 50:
+            proto.event({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": 1000, "item_id": "in_1"})
+            proto.respond(fake.replies.pop(0))
+
+    fake = yield fakes(behaviour=caller_asks, replies=[
+        Reply(chunks=10, transcript="Acme Dental, this is the front desk."),
+        Reply(chunks=5, tool=("transfer_call", {"destination": "billing"}), transcript="Putting you through to billing."),
+    ])  # fmt: skip
+    (tmp_path / "bobs").mkdir()
+    instructions = tmp_path / "receptionist.txt"
+    instructions.write_text(block("text", "# /etc/voicebridge/receptionist.txt").split("\n", 1)[1])
+    config = block("toml", "# vb.toml").replace("/etc/voicebridge/receptionist.txt", str(instructions))
+    config = config.replace("/var/lib/voicebridge/bobs-bikes", str(tmp_path / "bobs"))
+    config = config.replace("[handlers.openai-realtime]\n", f'[handlers.openai-realtime]\nurl = "{fake.url}"\n')
+    (tmp_path / "vb.toml").write_text(config)
+    daemon = start_daemon("--config", str(tmp_path / "vb.toml"), "--public-url", PUBLIC, env={**ENV, "TWILIO_AUTH_TOKEN": TOKEN})
+
+    call_sid = "CA" + "9" * 32
+    status, _, body = signed_post(daemon, "/voice", call_form(call_sid=call_sid, to="+15550100001"))
+    params = {p.get("name"): p.get("value") for p in ET.fromstring(body).iter("Parameter")}
+    script = CallScript(frames=400, interval=0.01, call_sid=call_sid, custom_parameters=params)
+    outcome = yield play_call(reactor(), daemon.url("/twilio-media", "ws"), script, signature=SIGNER.sign(STREAM_URL))
+    assert outcome.closed_by_server
+    assert fake.session["instructions"].startswith("You are the receptionist of acme-dental on the phone with a caller from +1555")
+    assert fake.session["audio"]["output"]["voice"] == "coral" and fake.session["audio"]["input"]["turn_detection"]["interrupt_response"] is False
+    _, _, body = signed_post(daemon, "/connect-action", call_form(call_sid=call_sid))
+    assert "<Dial><Sip>sip:billing@pbx.acme-dental.example</Sip></Dial>" in body.decode()
+    _, _, metrics = request(daemon.port, "GET", "/metrics")
+    assert "voicebridge_realtime_turn_latency_seconds_count 1.0" in metrics.decode(), "one turn: speech_stopped to first audio"
+    assert 'voicebridge_realtime_tool_calls_total{outcome="ok",tool="transfer_call"} 1.0' in metrics.decode()

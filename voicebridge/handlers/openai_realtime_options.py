@@ -23,13 +23,12 @@ EAGERNESS = ("low", "medium", "high", "auto")
 MAX_INSTRUCTIONS = 100_000
 MAX_TRANSFERS = 100
 
+# The defaults README's options table gives (tests/test_docs.py compares them); url: DEFAULT_URL.
 DEFAULTS = {
-    "url": DEFAULT_URL,
     "model": "gpt-realtime",
     "voice": "alloy",
     "turn_detection": "server_vad",
     "barge_in_min_ms": 0,
-    "transcripts": False,
     "transcription_model": "gpt-4o-mini-transcribe",
     "connect_timeout": 5.0,
     "handshake_timeout": 5.0,
