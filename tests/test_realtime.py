@@ -274,7 +274,10 @@ def test_each_failure_ends_in_the_fallback_with_its_reason(start_daemon, fakes, 
         lines += [f"[tenants.{tenant}]", f'numbers = ["+1555010{i:04d}"]', f'handler_options = {{ url = "{url}" }}']
     path = tmp_path / "vb.toml"
     path.write_text("\n".join(lines) + "\n")
-    daemon = start_daemon("--config", str(path), env=ENV)
+    from tests.daemon import twist_command
+
+    # At debug level Autobahn logs whole handshakes: the key must not be in them.
+    daemon = start_daemon("--config", str(path), env=ENV, command=[*twist_command(), "--log-level=debug", "voicebridge"])
 
     scripts = {tenant: CallScript(frames=300, interval=0.01, custom_parameters={"businessId": tenant}) for tenant in FAILURES}
     calls = [play_call(reactor(), daemon.url("/twilio-media", "ws"), script) for script in scripts.values()]

@@ -310,3 +310,23 @@ def test_dial_twiml_for_a_number_and_a_sip_uri():
     actions.dial("CA1", "+15550100002", "transfer_call:sales")
     body, reason, answer = actions.take_answer("CA1")
     assert (reason, answer) == ("transfer_call:sales", "dial") and "<Number>" in body and actions.take("CA1") is None
+
+
+def test_the_provider_links_log_drops_autobahns_debug_lines_which_carry_the_key():
+    from voicebridge.handlers.openai_realtime import ProviderProtocol, _NoDebugLog
+
+    seen = []
+
+    class Inner:
+        def debug(self, *a, **k):
+            seen.append("debug")
+
+        def info(self, *a, **k):
+            seen.append("info")
+
+    assert isinstance(ProviderProtocol.log, _NoDebugLog)
+    log = _NoDebugLog(Inner())
+    log.debug("sent HTTP request:\n{request}", request="Authorization: Bearer sk-x")
+    log.trace("x")
+    log.info("y")
+    assert seen == ["info"]

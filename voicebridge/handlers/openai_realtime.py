@@ -660,9 +660,28 @@ class OpenAIRealtimeHandler(Handler):
             self._cancel(name)
 
 
+class _NoDebugLog:
+    """Autobahn logs its whole opening request at debug level, ``Authorization: Bearer KEY`` with it.
+
+    The provider link's protocol logs through this instead: everything but debug and trace.
+    """
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def debug(self, *args, **kwargs) -> None:
+        pass
+
+    trace = debug
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
 class ProviderProtocol(LeanClientFrames, WebSocketClientProtocol):
     """The link to the Realtime API: text events in and out, nothing else."""
 
+    log = _NoDebugLog(WebSocketClientProtocol.log)
     lost_reason = None
     refused_status: int | None = None
 
