@@ -144,7 +144,8 @@ class LeanClientFrames:
                 hand_off = True
                 break
             stop = start + length
-            if stop > end:  # the rest of the frame is on its way (at most 64 KiB): kept until it is whole
+            if stop > end:  # part of the payload: Autobahn streams it (and fails bad UTF-8 as it arrives)
+                hand_off = True
                 break
             payload = data[start:stop]
             if validate and not payload.isascii() and not self._valid_utf8(payload):
