@@ -26,6 +26,10 @@ APPEND = b'{"type":"input_audio_buffer.append","audio":"'
 
 
 class Provider(FastTextFrames, WebSocketServerProtocol):
+    def connectionMade(self):
+        self.transport.setTcpNoDelay(True)
+        super().connectionMade()
+
     def onOpen(self):
         self.ids = itertools.count(1)
         n = next(self.factory.calls)

@@ -99,7 +99,9 @@ def main(argv=None) -> int:
                 try:
                     server.wait_ready()
                     print(f"realtime bench: {handler}, {calls} calls, {args.duration:g} s", file=sys.stderr, flush=True)
+                    provider_before, started = bench.cpu_seconds([provider.pid]), time.monotonic()
                     result = bench.run_load(server, calls, args.duration, args.load_core, None, None)
+                    provider_cpu = (bench.cpu_seconds([provider.pid]) - provider_before) / (time.monotonic() - started)
                     try:
                         with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=30) as r:
                             metrics = r.read().decode()
@@ -121,6 +123,7 @@ def main(argv=None) -> int:
                         "frames_sent": result.get("frames_sent"),
                         "dropped": result.get("dropped"),
                         "generator_cpu": (result.get("generator") or {}).get("cpu"),
+                        "provider_cpu": provider_cpu if handler != "echo" else None,
                         "bridge_p50_ms": (quantile(bridge, 0.5) or 0) * 1000 if bridge else None,
                         "bridge_p99_ms": (quantile(bridge, 0.99) or 0) * 1000 if bridge else None,
                         "other_messages": result.get("other_messages"),
@@ -138,14 +141,14 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'handler':16} {'calls':>5} {'core%':>6} {'%/call':>7} {'x echo':>6} {'rtt p50':>8} {'rtt p99':>8} {'bridge p99':>10} {'lost':>6} {'gen%':>5}")
+    print(f"{'handler':16} {'calls':>5} {'core%':>6} {'%/call':>7} {'x echo':>6} {'rtt p50':>8} {'rtt p99':>8} {'bridge p99':>10} {'lost':>6} {'gen%':>5} {'fake%':>5}")
     for r in rows:
         rtt = r["rtt_ms"] or {}
         bridge = f"<={r['bridge_p99_ms']:g} ms" if r["bridge_p99_ms"] is not None else "-"
         print(
             f"{r['handler']:16} {r['calls']:>5} {100 * (r['cpu'] or 0):>6.1f} {100 * (r['cpu_per_call'] or 0):>7.3f} "
             f"{(r['ratio_to_echo'] or 0):>6.2f} {rtt.get('p50', 0):>8.2f} {rtt.get('p99', 0):>8.2f} {bridge:>10} "
-            f"{r['frames_lost']!s:>6} {100 * (r['generator_cpu'] or 0):>5.1f}"
+            f"{r['frames_lost']!s:>6} {100 * (r['generator_cpu'] or 0):>5.1f} {100 * (r['provider_cpu'] or 0):>5.1f}"
         )
     print(f"logs: {log_dir}")
     return 0

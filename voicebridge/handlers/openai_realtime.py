@@ -692,6 +692,16 @@ class ProviderProtocol(LeanClientFrames, WebSocketClientProtocol):
             self.refused_status = int(parts[1])
         return super().failHandshake(reason)
 
+    def connectionMade(self):
+        # Small messages every 20 ms each way: no Nagle delay (the TCP connection under TLS too).
+        for transport in (self.transport, getattr(self.transport, "transport", None)):
+            try:
+                transport.setTcpNoDelay(True)
+                break
+            except (AttributeError, OSError):
+                continue
+        super().connectionMade()
+
     def connectionLost(self, reason):
         self.lost_reason = reason
         super().connectionLost(reason)
