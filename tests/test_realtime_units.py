@@ -126,8 +126,6 @@ class FakeCall:
         self.parameters = {"businessId": "b1"}
         self.ids = {"callSid": "CA1", "conn": 1}
         self.call_sid = "CA1"
-        self.state = "started"
-        self.started_at = 0.0
         self.sent, self.wishes, self.errors = [], [], []
         self.hung_up = None
 

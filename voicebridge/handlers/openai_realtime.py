@@ -44,7 +44,6 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from voicebridge import __version__
-from voicebridge.call.call import STARTED
 from voicebridge.handlers import Handler
 from voicebridge.handlers import openai_realtime_options as opts
 from voicebridge.handlers.realtime_playback import Playback
@@ -109,6 +108,8 @@ class OpenAIRealtimeHandler(Handler):
         self.heard_at = 0.0
         self.paused = False  # the provider's socket buffers are full (Twisted pauses us as a producer)
         self.transcripts: list[dict] = []
+        self.started_at = 0.0
+        self.stopped = False  # the call ended (on_stop): nothing more goes to it
         self.appends = self.deltas = 0
         self.events = itertools.count(1)
         self._connecting = None
@@ -118,6 +119,7 @@ class OpenAIRealtimeHandler(Handler):
     # Twilio -> the agent.
 
     def on_start(self, start) -> None:
+        self.started_at = self.clock.seconds()
         self.stats.calls += 1
         self.state = CONNECTING
         instructions = opts.render_instructions(self.options["instructions"], self.call.parameters)
@@ -156,6 +158,7 @@ class OpenAIRealtimeHandler(Handler):
         self.playback.confirmed(name)
 
     def on_stop(self, reason: str):
+        self.stopped = True
         self._cancel_all()
         if self.state == OPEN:
             self.state = CLOSING
@@ -344,7 +347,7 @@ class OpenAIRealtimeHandler(Handler):
 
     def _delta(self, event: dict) -> None:
         call = self.call
-        if call.state != STARTED:
+        if self.stopped:
             return
         item_id = event.get("item_id")
         if item_id in self.cut_items or event.get("response_id") in self.cut_responses:
@@ -481,8 +484,7 @@ class OpenAIRealtimeHandler(Handler):
         if not self.options["transcripts"] or not isinstance(text, str) or not text.strip():
             return
         text = text.strip()[:MAX_TRANSCRIPT]
-        started = self.call.started_at
-        at_ms = int((self.clock.seconds() - started) * 1000) if started is not None else 0
+        at_ms = int((self.clock.seconds() - self.started_at) * 1000)
         if len(self.transcripts) < MAX_TRANSCRIPTS:
             self.transcripts.append({"role": role, "atMs": at_ms, "text": text})
         log.info(
@@ -575,7 +577,7 @@ class OpenAIRealtimeHandler(Handler):
     def _finish(self) -> None:
         action, self.ending = self.ending, None
         self._cancel("goodbye")
-        if action is None or self.call.state != STARTED:
+        if action is None or self.stopped:
             return
         if action[0] == "transfer":
             _, name, destination = action
@@ -634,7 +636,7 @@ class OpenAIRealtimeHandler(Handler):
         self._abort()
         if self.ending is not None:
             self._finish()  # the agent had already ended the conversation: do what it asked
-        elif call.state == STARTED:
+        elif not self.stopped:
             if fallback == "say":
                 call.registry.connect_actions.say_and_hang_up(call.call_sid, self.options["message"], reason)
             call.hangup("realtime-failed")
