@@ -9,7 +9,8 @@ from voicebridge.config import limits
 from voicebridge.config.file import DEFAULT_HANDLER
 from voicebridge.daemon import tap
 from voicebridge.daemon.tap import Options
-from voicebridge.handlers import openai_realtime_options, relay
+from voicebridge.handlers import relay
+from voicebridge.handlers.openai_realtime import options as openai_realtime_options
 
 
 def readme() -> str:

@@ -11,10 +11,10 @@ import pytest
 from twisted.internet import task
 
 from voicebridge.fastpath import frames
-from voicebridge.handlers import openai_realtime_options as opts
 from voicebridge.handlers.openai_realtime import BYE_MARK, OPEN, OpenAIRealtimeHandler
-from voicebridge.handlers.realtime_playback import MARK_PREFIX, Playback, b64_bytes
-from voicebridge.handlers.realtime_stats import Buckets, RealtimeStats
+from voicebridge.handlers.openai_realtime import options as opts
+from voicebridge.handlers.openai_realtime.playback import MARK_PREFIX, Playback, b64_bytes
+from voicebridge.handlers.openai_realtime.stats import Buckets, RealtimeStats
 from voicebridge.net.leanclient import MaskPool, client_frame
 
 # Playback: what the caller heard.
@@ -119,10 +119,10 @@ def test_the_guard_keeps_the_server_from_cancelling_on_any_sound(monkeypatch):
 
 
 class FakeCall:
+    """What the handler API's HandlerCall offers, recorded."""
+
     def __init__(self, clock):
-        self.registry = type("Registry", (), {})()
-        self.registry.clock = clock
-        self.registry.connect_actions = self
+        self.clock = clock
         self.parameters = {"businessId": "b1"}
         self.ids = {"callSid": "CA1", "conn": 1}
         self.call_sid = "CA1"
@@ -144,11 +144,13 @@ class FakeCall:
     def protocol_error(self, reason, detail):
         self.errors.append(reason)
 
-    def say_and_hang_up(self, call_sid, message, reason):
-        self.wishes.append(("say", message, reason))
+    def say_and_hang_up(self, message, why, reason="hangup"):
+        self.wishes.append(("say", message, why))
+        self.hung_up = reason
 
-    def dial(self, call_sid, destination, reason):
-        self.wishes.append(("dial", destination, reason))
+    def dial_and_end(self, destination, why, reason="transfer"):
+        self.wishes.append(("dial", destination, why))
+        self.hung_up = reason
 
 
 class FakeLink:

@@ -132,7 +132,7 @@ def handler_collectors(calls) -> list:
     """The collectors of the handlers this daemon's calls can reach: a handler class with a
     ``metrics_collector(registry)`` classmethod (openai-realtime) reports its own figures."""
     from voicebridge import handlers
-    from voicebridge.call.call import handlers_in_use
+    from voicebridge.call.resolve import handlers_in_use
 
     collectors = []
     for name in sorted(handlers_in_use(getattr(calls, "_handlers", None) or {})):

@@ -10,9 +10,34 @@ import os
 import re
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from voicebridge.config.file import Secret
-from voicebridge.handlers.relay import DEFAULT_MESSAGE, FALLBACKS, check_url
-from voicebridge.net.wsclient import load_trust_root
+from voicebridge.handlers.api import load_trust_root
+
+DEFAULT_MESSAGE = "Sorry, this call cannot be connected right now. Please try again later."  # the relay's
+FALLBACKS = ("hangup", "say")  # the relay's
+
+
+class Secret(str):
+    """The API key: a string that never shows itself in a repr or a log."""
+
+    def __repr__(self):
+        return "Secret('***')"
+
+
+def check_url(url) -> str:
+    if not isinstance(url, str) or not url:
+        raise ValueError("url: expected the Realtime API's wss:// URL")
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError(f"url: {url!r} is not a ws:// or wss:// URL with a host")
+    if parts.username or parts.password:
+        raise ValueError("url: must not carry credentials (user:password@)")
+    if parts.fragment:
+        raise ValueError(f"url: {url!r} has a fragment")
+    try:
+        parts.port  # noqa: B018  (raises for a port out of range)
+    except ValueError as e:
+        raise ValueError(f"url: {e}") from None
+    return url
 
 DEFAULT_URL = "wss://api.openai.com/v1/realtime"
 KEY_VARIABLE = "OPENAI_API_KEY"
@@ -155,10 +180,7 @@ def check_options(options: dict) -> dict:
     if unknown:
         raise ValueError(f"unknown option(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(OPTIONS))})")
     url = options.get("url", DEFAULT_URL)
-    try:
-        check_url(url)
-    except ValueError as e:
-        raise ValueError(str(e).replace("the application's media stream URL", "the Realtime API's URL")) from None
+    check_url(url)
     model = _text(options, "model", 200, DEFAULTS["model"])
     voice = _text(options, "voice", 100, DEFAULTS["voice"])
     instructions = _text(options, "instructions", MAX_INSTRUCTIONS)

@@ -1,4 +1,4 @@
-"""The ``openai-realtime`` handler's figures for ``/metrics``: one ``RealtimeStats`` per daemon (CallRegistry).
+"""The ``openai-realtime`` handler's figures for ``/metrics``: one ``RealtimeStats`` per daemon (its reactor).
 
 Counting is plain integers and a bucket index per observation (a ``bisect`` over a dozen bounds);
 Prometheus families are built only when scraped (``RealtimeCollector``), as the call metrics are.
@@ -70,11 +70,11 @@ class RealtimeStats:
 _STATS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def stats_for(registry) -> RealtimeStats:
-    """The figures of the daemon ``registry`` belongs to (several daemons may share a process in tests)."""
-    stats = _STATS.get(registry)
+def stats_for(clock) -> RealtimeStats:
+    """The figures of the daemon that runs on ``clock`` (a process's reactor; a task.Clock per unit test)."""
+    stats = _STATS.get(clock)
     if stats is None:
-        stats = _STATS[registry] = RealtimeStats()
+        stats = _STATS[clock] = RealtimeStats()
     return stats
 
 
@@ -86,11 +86,11 @@ def _counter(name, documentation, labels, values: dict):
 
 
 class RealtimeCollector:
-    def __init__(self, registry):
-        self.registry = registry
+    def __init__(self, clock):
+        self.clock = clock
 
     def collect(self):
-        stats = stats_for(self.registry)
+        stats = stats_for(self.clock)
         yield _counter("voicebridge_realtime_calls", "Calls handed to the Realtime API", [], {(): stats.calls})
         yield _counter(
             "voicebridge_realtime_barge_ins", "Caller speech that interrupted the agent (cleared and truncated)", [], {(): stats.barge_ins}

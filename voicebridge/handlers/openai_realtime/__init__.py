@@ -8,7 +8,7 @@ One WebSocket per call to the API (``url``, default ``wss://api.openai.com/v1/re
   detection and the tools (``end_call``, ``transfer_call``) come from the options.
 - The caller's audio goes out as ``input_audio_buffer.append``, one per Twilio frame, in order.
   The agent's ``response.output_audio.delta`` goes to Twilio as ``media`` followed by a ``mark``,
-  so the handler knows what the caller has heard (``realtime_playback.Playback``).
+  so the handler knows what the caller has heard (``playback.Playback``).
 - Barge-in: ``input_audio_buffer.speech_started`` while the agent speaks sends Twilio ``clear`` and
   the API ``conversation.item.truncate`` at the position Twilio confirmed played. With
   ``barge_in_min_ms`` the speech must last that long first (a cough does not cut the agent off);
@@ -38,20 +38,16 @@ from collections import deque
 
 import orjson
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from OpenSSL import SSL
+from service_identity import VerificationError
 from twisted.internet import defer, error
 from twisted.internet.interfaces import IPushProducer
-from twisted.logger import Logger
 from zope.interface import implementer
 
-from voicebridge import __version__
-from voicebridge.handlers import Handler
-from voicebridge.handlers import openai_realtime_options as opts
-from voicebridge.handlers.realtime_playback import Playback
-from voicebridge.handlers.realtime_stats import RealtimeCollector, stats_for
-from voicebridge.handlers.relay import classify_handshake_failure
-from voicebridge.net.leanclient import LeanClientFrames
-from voicebridge.net.wsclient import endpoint_for
-from voicebridge.observe.logs import printable, redact_url
+from voicebridge.handlers.api import USER_AGENT, Handler, LeanClientFrames, Logger, endpoint_for, printable, redact_url
+from voicebridge.handlers.openai_realtime import options as opts
+from voicebridge.handlers.openai_realtime.playback import Playback
+from voicebridge.handlers.openai_realtime.stats import RealtimeCollector, stats_for
 
 log = Logger(namespace="voicebridge.realtime")
 
@@ -83,14 +79,18 @@ class OpenAIRealtimeHandler(Handler):
         return options["fallback"] == "say" or bool(options["transfers"])
 
     @classmethod
+    def close_grace(cls, options: dict) -> float:
+        return CLOSE_GRACE  # on_stop closes the provider link, cut after this long
+
+    @classmethod
     def metrics_collector(cls, registry):
-        """For ``/metrics``: this handler's figures in the daemon of ``registry``."""
-        return RealtimeCollector(registry)
+        """For ``/metrics``: this handler's figures in the daemon of ``registry`` (its reactor's)."""
+        return RealtimeCollector(registry.clock)
 
     def __init__(self, call, options: dict):
         super().__init__(call, options)
-        self.clock = call.registry.clock
-        self.stats = stats_for(call.registry)
+        self.clock = call.clock
+        self.stats = stats_for(call.clock)
         self.url = opts.provider_url(options["url"], options["model"])
         self.state: str | None = None
         self.link: ProviderProtocol | None = None
@@ -225,7 +225,7 @@ class OpenAIRealtimeHandler(Handler):
         factory = ProviderFactory(
             self.url,
             headers={"Authorization": f"Bearer {options['api_key']}"},
-            useragent=f"voicebridge/{__version__} openai-realtime",
+            useragent=f"{USER_AGENT} openai-realtime",
             reactor=self.clock,
         )
         factory.handler = self
@@ -581,8 +581,7 @@ class OpenAIRealtimeHandler(Handler):
             return
         if action[0] == "transfer":
             _, name, destination = action
-            self.call.registry.connect_actions.dial(self.call.call_sid, destination, f"transfer_call:{name}")
-            self.call.hangup("transfer")
+            self.call.dial_and_end(destination, f"transfer_call:{name}", "transfer")
         else:
             self.call.hangup("agent-hangup")
 
@@ -638,8 +637,9 @@ class OpenAIRealtimeHandler(Handler):
             self._finish()  # the agent had already ended the conversation: do what it asked
         elif not self.stopped:
             if fallback == "say":
-                call.registry.connect_actions.say_and_hang_up(call.call_sid, self.options["message"], reason)
-            call.hangup("realtime-failed")
+                call.say_and_hang_up(self.options["message"], reason, "realtime-failed")
+            else:
+                call.hangup("realtime-failed")
 
     def _abort(self) -> None:
         if self._connecting is not None:
@@ -660,6 +660,21 @@ class OpenAIRealtimeHandler(Handler):
     def _cancel_all(self) -> None:
         for name in [n for n in self._timers if n != "close"]:
             self._cancel(name)
+
+
+def classify_handshake_failure(lost, text: str) -> tuple[str, str]:
+    """(reason, detail) for a connection that closed before the WebSocket opened (as the relay tells them).
+
+    ``lost`` is the transport's own reason: a certificate the TLS layer refused shows there, while
+    Autobahn's text says only "dropped".
+    """
+    if lost is not None and lost.check(VerificationError, SSL.Error):
+        return "tls-failed", f"{text}: {lost.value!r}"
+    if "upgrade failed" in text:
+        return "handshake-refused", text
+    if "SSL" in text or "TLS" in text or "certificate" in text:
+        return "tls-failed", text
+    return "handshake-failed", text
 
 
 class _NoDebugLog:
