@@ -330,3 +330,22 @@ def test_the_provider_links_log_drops_autobahns_debug_lines_which_carry_the_key(
     log.trace("x")
     log.info("y")
     assert seen == ["info"]
+
+
+def test_the_handler_api_hands_the_caller_on_with_dial_and_end():
+    from voicebridge.handlers.api import HandlerCall
+    from voicebridge.web.connectaction import ConnectActions
+
+    class Call:
+        call_sid = "CA7"
+        ended = None
+
+        send_audio = send_mark = clear = forward = None
+
+        def hangup(self, reason="hangup"):
+            self.ended = reason
+
+    call, actions = Call(), ConnectActions(task.Clock())
+    HandlerCall(call, task.Clock(), actions, None).dial_and_end("sip:desk@pbx.example.com", "transfer_call:desk")
+    body, why, answer = actions.take_answer("CA7")
+    assert (why, answer, call.ended) == ("transfer_call:desk", "dial", "transfer") and "<Sip>sip:desk@pbx.example.com</Sip>" in body
