@@ -193,13 +193,19 @@ class FakeRealtime:
         self.url = None
 
     @defer.inlineCallbacks
-    def listen(self, reactor):
-        factory = WebSocketServerFactory("ws://127.0.0.1/v1/realtime")
+    def listen(self, reactor, tls=None):
+        """Serve on a free loopback port; ``tls`` is a pki Leaf for wss://."""
+        scheme, host = ("wss", "localhost") if tls else ("ws", "127.0.0.1")
+        factory = WebSocketServerFactory(f"{scheme}://{host}/v1/realtime")
         factory.setProtocolOptions(maxMessagePayloadSize=16 * 1024 * 1024, maxFramePayloadSize=16 * 1024 * 1024)
         factory.protocol = RealtimeProtocol
         factory.fake = self
-        self.port = yield endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(factory)
-        self.url = f"ws://127.0.0.1:{self.port.getHost().port}/v1/realtime"
+        if tls:
+            description = f"ssl:0:interface=127.0.0.1:privateKey={tls.key}:certKey={tls.cert}:extraCertChain={tls.chain}"
+        else:
+            description = "tcp:0:interface=127.0.0.1"
+        self.port = yield endpoints.serverFromString(reactor, description).listen(factory)
+        self.url = f"{scheme}://{host}:{self.port.getHost().port}/v1/realtime"
         return self
 
     def types(self, kind: str) -> list[dict]:

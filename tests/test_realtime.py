@@ -33,8 +33,8 @@ def fakes():
     started = []
 
     @defer.inlineCallbacks
-    def start(**kwargs):
-        fake = yield FakeRealtime(**kwargs).listen(reactor())
+    def start(tls=None, **kwargs):
+        fake = yield FakeRealtime(**kwargs).listen(reactor(), tls=tls)
         started.append(fake)
         return fake
 
@@ -374,3 +374,23 @@ def test_the_documented_receptionist_transfers_to_its_sip_desk(start_daemon, fak
     _, _, metrics = request(daemon.port, "GET", "/metrics")
     assert "voicebridge_realtime_turn_latency_seconds_count 1.0" in metrics.decode(), "one turn: speech_stopped to first audio"
     assert 'voicebridge_realtime_tool_calls_total{outcome="ok",tool="transfer_call"} 1.0' in metrics.decode()
+
+
+@pytest_twisted.inlineCallbacks
+def test_wss_to_the_api_is_verified_and_a_wrong_ca_is_a_tls_failure(start_daemon, fakes, pki, tmp_path):
+    from tests.pki import PKI
+
+    fake = yield fakes(tls=pki.leaf(), replies=[Reply(chunks=20)])
+    daemon = start_daemon("--handler", "openai-realtime", "--realtime-url", fake.url, "--realtime-ca", str(pki.root_pem),
+                          "--realtime-greeting", "Hi", env=ENV)  # fmt: skip
+    script = CallScript(frames=40, interval=0.01, linger=1.0)
+    outcome = yield play_call(reactor(), daemon.url("/twilio-media", "ws"), script).addTimeout(30, reactor())
+    assert b"".join(outcome.received) == fake.agent_audio["item_1"] and fake.audio == b"".join(outcome.sent)
+    assert not daemon.named("realtime.failed")
+
+    other = PKI(tmp_path / "other-ca")
+    daemon = start_daemon("--handler", "openai-realtime", "--realtime-url", fake.url, "--realtime-ca", str(other.root_pem), env=ENV)
+    script = CallScript(frames=100, interval=0.01)
+    outcome = yield play_call(reactor(), daemon.url("/twilio-media", "ws"), script).addTimeout(30, reactor())
+    failed = yield daemon.wait_for_async(reactor(), named("realtime.failed", callSid=script.call_sid))
+    assert failed["reason"] == "tls-failed" and outcome.closed_by_server
