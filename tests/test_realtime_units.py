@@ -95,6 +95,14 @@ def test_mistakes_stop_start_up_with_their_place(options, message, monkeypatch):
         opts.check_options(options)
 
 
+def test_the_key_goes_as_openai_or_azure_want_it(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    assert opts.auth_headers(opts.check_options({})) == {"Authorization": "Bearer sk-test"}
+    assert opts.auth_headers(opts.check_options({"api_key_header": "api-key"})) == {"api-key": "sk-test"}
+    with pytest.raises(ValueError, match="api_key_header: 'x-key' is not one of"):
+        opts.check_options({"api_key_header": "x-key"})
+
+
 def test_instructions_take_the_calls_parameters_and_leave_other_braces_alone():
     text = opts.render_instructions('For {businessId} on plan {plan}; JSON {"a": 1}; {unknown}', {"businessId": "b1", "plan": "pro"})
     assert text == 'For b1 on plan pro; JSON {"a": 1}; {unknown}'

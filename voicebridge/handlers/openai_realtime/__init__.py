@@ -224,7 +224,7 @@ class OpenAIRealtimeHandler(Handler):
         options = self.options
         factory = ProviderFactory(
             self.url,
-            headers={"Authorization": f"Bearer {options['api_key']}"},
+            headers=opts.auth_headers(options),
             useragent=f"{USER_AGENT} openai-realtime",
             reactor=self.clock,
         )

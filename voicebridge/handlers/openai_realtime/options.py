@@ -65,8 +65,9 @@ DEFAULTS = {
 OPTIONS = {
     "url", "model", "voice", "instructions", "instructions_file", "greeting", "turn_detection", "barge_in_min_ms",
     "transcripts", "transcription_model", "api_key_file", "transfers", "fallback", "message", "connect_timeout",
-    "handshake_timeout", "stall_timeout", "ca_file", "max_pending",
+    "handshake_timeout", "stall_timeout", "ca_file", "max_pending", "api_key_header",
 }  # fmt: skip
+KEY_HEADERS = ("authorization", "api-key")  # OpenAI's "Authorization: Bearer KEY"; Azure OpenAI's "api-key: KEY"
 
 DEFAULT_INSTRUCTIONS = (
     "You are a helpful, friendly voice assistant on a phone call. Keep answers short and spoken. "
@@ -213,6 +214,9 @@ def check_options(options: dict) -> dict:
     max_pending = options.get("max_pending", DEFAULTS["max_pending"])
     if isinstance(max_pending, bool) or not isinstance(max_pending, int) or not 1 <= max_pending <= 100_000:
         raise ValueError(f"max_pending: expected a number of frames from 1 to 100000, got {max_pending!r}")
+    key_header = options.get("api_key_header", "authorization")
+    if key_header not in KEY_HEADERS:
+        raise ValueError(f"api_key_header: {key_header!r} is not one of {', '.join(KEY_HEADERS)}")
     key_file = options.get("api_key_file")
     if key_file is not None and not isinstance(key_file, str):
         raise ValueError("api_key_file: expected the path of a file holding the key")
@@ -234,6 +238,7 @@ def check_options(options: dict) -> dict:
         "stall_timeout": _seconds(options, "stall_timeout"),
         "max_pending": max_pending,
         "api_key": read_api_key(key_file),
+        "api_key_header": key_header,
     }
     if key_file is not None:
         checked["api_key_file"] = key_file
@@ -244,6 +249,13 @@ def check_options(options: dict) -> dict:
         checked["ca_file"] = ca_file
         checked["trust_root"] = load_trust_root(ca_file)
     return checked
+
+
+def auth_headers(options: dict) -> dict[str, str]:
+    """The handshake's credentials: ``Authorization: Bearer KEY`` (OpenAI), or ``api-key: KEY`` (Azure OpenAI's keys)."""
+    if options["api_key_header"] == "api-key":
+        return {"api-key": options["api_key"]}
+    return {"Authorization": f"Bearer {options['api_key']}"}
 
 
 def render_instructions(template: str, parameters: dict[str, str]) -> str:
