@@ -197,7 +197,10 @@ class OpenAIRealtimeHandler(Handler):
     def _flush(self) -> None:
         link = self.link
         while self.pending and self.state == OPEN and not self.paused:
-            link.send_text(self.pending.popleft())
+            data = self.pending.popleft()
+            link.send_text(data)
+            if data.startswith(APPEND_HEAD):
+                self.appends += 1
 
     # Backpressure: Twisted pauses us while the provider's socket buffers are full.
 
