@@ -141,7 +141,10 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'handler':16} {'calls':>5} {'core%':>6} {'%/call':>7} {'x echo':>6} {'rtt p50':>8} {'rtt p99':>8} {'bridge p99':>10} {'lost':>6} {'gen%':>5} {'fake%':>5}")
+    print(
+        f"{'handler':16} {'calls':>5} {'core%':>6} {'%/call':>7} {'x echo':>6} {'rtt p50':>8} {'rtt p99':>8} "
+        f"{'bridge p99':>10} {'lost':>6} {'gen%':>5} {'fake%':>5}"
+    )
     for r in rows:
         rtt = r["rtt_ms"] or {}
         bridge = f"<={r['bridge_p99_ms']:g} ms" if r["bridge_p99_ms"] is not None else "-"

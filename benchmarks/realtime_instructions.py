@@ -83,9 +83,9 @@ def serve(variant: str):
     sys.path.insert(0, str(REPO))
     sys.path.insert(0, str(HERE))
     os.environ["OPENAI_API_KEY"] = "sk-instructions"
+    from instructions import open_stream
     from twisted.internet.epollreactor import EPollReactor
 
-    from instructions import open_stream
     from voicebridge.fastpath import frames as wsframes
     from voicebridge.fastpath import leanloop
     from voicebridge.twilio import messages
@@ -154,7 +154,16 @@ def instructions(variant: str, frames: int) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "callgrind.out")
         done = subprocess.run(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, __file__, "--run", variant, str(frames)],
+            [
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={out}",
+                sys.executable,
+                __file__,
+                "--run",
+                variant,
+                str(frames),
+            ],
             capture_output=True,
             text=True,
             check=True,

@@ -55,7 +55,9 @@ def session_problems(event: dict, expect: dict) -> list[str]:
 class Reply:
     """One scripted response: audio chunks, an agent transcript, maybe a function call."""
 
-    def __init__(self, chunks: int = 5, tool: tuple | None = None, transcript: str = "Hello, how can I help?", hold=False, done=True):
+    def __init__(
+        self, chunks: int = 5, tool: tuple | None = None, transcript: str = "Hello, how can I help?", hold=False, done=True
+    ):
         self.chunks = chunks
         self.tool = tool  # (name, arguments dict)
         self.transcript = transcript
@@ -99,7 +101,9 @@ class RealtimeProtocol(WebSocketServerProtocol):
             problems = session_problems(event, fake.expect)
             fake.problems += problems
             if fake.error_on_session:
-                self.event({"type": "error", "error": {"type": "invalid_request_error", "code": "invalid_value", "message": "no"}})
+                self.event(
+                    {"type": "error", "error": {"type": "invalid_request_error", "code": "invalid_value", "message": "no"}}
+                )
                 return
             if not fake.stall_session:
                 self.event({"type": "session.updated", "session": event["session"]})
@@ -113,8 +117,8 @@ class RealtimeProtocol(WebSocketServerProtocol):
             fake.truncates.append((item, event.get("content_index"), end))
             if item not in self.sent_ms or not isinstance(end, int) or end > self.sent_ms[item]:
                 fake.problems.append(f"truncate of {item} at {end} ms: sent {self.sent_ms.get(item)} ms")
-                self.event({"type": "error", "error": {"type": "invalid_request_error", "code": "invalid_value",
-                                                        "message": "audio_end_ms beyond the audio", "event_id": event.get("event_id")}})  # fmt: skip
+                problem = {"type": "invalid_request_error", "code": "invalid_value", "message": "audio_end_ms beyond the audio"}
+                self.event({"type": "error", "error": {**problem, "event_id": event.get("event_id")}})
             else:
                 self.event({"type": "conversation.item.truncated", "item_id": item, "content_index": 0, "audio_end_ms": end})
         elif kind == "response.cancel":

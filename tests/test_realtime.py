@@ -10,7 +10,7 @@ import pytest_twisted
 from twisted.internet import defer
 
 from tests.conftest import PUBLIC, TOKEN
-from tests.fakerealtime import CHUNK, FakeRealtime, Reply, chunk_audio
+from tests.fakerealtime import FakeRealtime, Reply, chunk_audio
 from tests.http import call_form, post_form, request
 from voicebridge.tools.twiliosim import CallOutcome, CallScript, play_call
 from voicebridge.twilio.signatures import SignatureChecker
@@ -54,13 +54,16 @@ def frame_index(audio: bytes) -> int:
 @pytest_twisted.inlineCallbacks
 def test_greeting_heard_and_caller_audio_arrives_byte_exact(start_daemon, fakes):
     fake = yield fakes(replies=[Reply(chunks=25, transcript="Welcome to Acme, café ouvert")], padding="x" * 70_000,
-                       expect={"audio.output.voice": "coral", "instructions": "You answer for business-1 (plan pro)."})  # fmt: skip
+                       expect={"audio.output.voice": "coral",
+                               "instructions": "You answer for business-1 (plan pro)."})  # fmt: skip
     daemon = start_daemon(
         "--handler", "openai-realtime", "--realtime-url", fake.url, "--realtime-voice", "coral",
         "--realtime-instructions", "You answer for {businessId} (plan {plan}).", "--realtime-greeting", "Welcome to Acme",
         "--realtime-transcripts", env=ENV,
     )  # fmt: skip
-    script = CallScript(frames=60, interval=0.005, custom_parameters={"businessId": "business-1", "plan": "pro"}, dtmf="7", linger=1.0)
+    script = CallScript(
+        frames=60, interval=0.005, custom_parameters={"businessId": "business-1", "plan": "pro"}, dtmf="7", linger=1.0
+    )
     outcome = yield play_call(reactor(), daemon.url("/twilio-media", "ws"), script).addTimeout(30, reactor())
     yield fake.closed.addTimeout(10, reactor())
 
@@ -75,7 +78,9 @@ def test_greeting_heard_and_caller_audio_arrives_byte_exact(start_daemon, fakes)
     greeting = fake.types("response.create")[0]
     assert "Welcome to Acme" in greeting["response"]["instructions"], "the agent speaks first"
     assert fake.agent_audio["item_1"] == b"".join(chunk_audio(1, i) for i in range(25))
-    assert b"".join(outcome.received) == fake.agent_audio["item_1"] + fake.agent_audio["item_2"], "the greeting, then the answer to the key"
+    assert b"".join(outcome.received) == fake.agent_audio["item_1"] + fake.agent_audio["item_2"], (
+        "the greeting, then the answer to the key"
+    )
     assert len(outcome.marks) == 30, "a mark per chunk, so the handler knows what was heard"
     assert fake.audio == b"".join(outcome.sent), "the caller's audio reaches the API byte for byte, in order"
     assert fake.appends == len(outcome.sent) == 60
@@ -188,7 +193,9 @@ def test_transfer_call_ends_in_dial_and_unknown_destinations_are_refused(start_d
         Reply(chunks=5, tool=("transfer_call", {"destination": "billing"})),  # not in the table
         Reply(chunks=10, tool=("transfer_call", {"destination": "sales"}), transcript="Transferring you to sales"),
     ])  # fmt: skip
-    daemon = start_daemon("--public-url", PUBLIC, "--config", config_file(tmp_path, fake.url), env={**ENV, "TWILIO_AUTH_TOKEN": TOKEN})
+    daemon = start_daemon(
+        "--public-url", PUBLIC, "--config", config_file(tmp_path, fake.url), env={**ENV, "TWILIO_AUTH_TOKEN": TOKEN}
+    )
     call_sid = "CA" + "5" * 32
     status, _, body = signed_post(daemon, "/voice", call_form(call_sid=call_sid))
     assert status == 200
@@ -335,7 +342,10 @@ def test_recorded_call_holds_both_sides_and_the_transcripts(start_daemon, fakes,
     assert not any(right[start + len(agent) // 2 :]), "and nothing else"
     sidecar = json.loads(open(event["sidecar"]).read())
     assert sidecar["handler"] == "openai-realtime"
-    assert [(t["role"], t["text"]) for t in sidecar["transcripts"]] == [("agent", "Acme dental, hello"), ("caller", "I need an appointment")]
+    assert [(t["role"], t["text"]) for t in sidecar["transcripts"]] == [
+        ("agent", "Acme dental, hello"),
+        ("caller", "I need an appointment"),
+    ]
 
 
 @pytest_twisted.inlineCallbacks
@@ -367,8 +377,13 @@ def test_the_documented_receptionist_transfers_to_its_sip_desk(start_daemon, fak
     script = CallScript(frames=400, interval=0.01, call_sid=call_sid, custom_parameters=params)
     outcome = yield play_call(reactor(), daemon.url("/twilio-media", "ws"), script, signature=SIGNER.sign(STREAM_URL))
     assert outcome.closed_by_server
-    assert fake.session["instructions"].startswith("You are the receptionist of acme-dental on the phone with a caller from +1555")
-    assert fake.session["audio"]["output"]["voice"] == "coral" and fake.session["audio"]["input"]["turn_detection"]["interrupt_response"] is False
+    assert fake.session["instructions"].startswith(
+        "You are the receptionist of acme-dental on the phone with a caller from +1555"
+    )
+    assert (
+        fake.session["audio"]["output"]["voice"] == "coral"
+        and fake.session["audio"]["input"]["turn_detection"]["interrupt_response"] is False
+    )
     _, _, body = signed_post(daemon, "/connect-action", call_form(call_sid=call_sid))
     assert "<Dial><Sip>sip:billing@pbx.acme-dental.example</Sip></Dial>" in body.decode()
     _, _, metrics = request(daemon.port, "GET", "/metrics")
@@ -389,7 +404,9 @@ def test_wss_to_the_api_is_verified_and_a_wrong_ca_is_a_tls_failure(start_daemon
     assert not daemon.named("realtime.failed")
 
     other = PKI(tmp_path / "other-ca")
-    daemon = start_daemon("--handler", "openai-realtime", "--realtime-url", fake.url, "--realtime-ca", str(other.root_pem), env=ENV)
+    daemon = start_daemon(
+        "--handler", "openai-realtime", "--realtime-url", fake.url, "--realtime-ca", str(other.root_pem), env=ENV
+    )
     script = CallScript(frames=100, interval=0.01)
     outcome = yield play_call(reactor(), daemon.url("/twilio-media", "ws"), script).addTimeout(30, reactor())
     failed = yield daemon.wait_for_async(reactor(), named("realtime.failed", callSid=script.call_sid))

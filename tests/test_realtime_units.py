@@ -104,12 +104,17 @@ def test_the_key_goes_as_openai_or_azure_want_it(monkeypatch):
 
 
 def test_instructions_take_the_calls_parameters_and_leave_other_braces_alone():
-    text = opts.render_instructions('For {businessId} on plan {plan}; JSON {"a": 1}; {unknown}', {"businessId": "b1", "plan": "pro"})
+    text = opts.render_instructions(
+        'For {businessId} on plan {plan}; JSON {"a": 1}; {unknown}', {"businessId": "b1", "plan": "pro"}
+    )
     assert text == 'For b1 on plan pro; JSON {"a": 1}; {unknown}'
 
 
 def test_the_model_joins_the_url_unless_the_url_names_one():
-    assert opts.provider_url("wss://api.openai.com/v1/realtime", "gpt-realtime") == "wss://api.openai.com/v1/realtime?model=gpt-realtime"
+    assert (
+        opts.provider_url("wss://api.openai.com/v1/realtime", "gpt-realtime")
+        == "wss://api.openai.com/v1/realtime?model=gpt-realtime"
+    )
     azure = "wss://x.openai.azure.com/openai/v1/realtime?model=my-deployment"
     assert opts.provider_url(azure, "gpt-realtime") == azure
 
@@ -188,7 +193,13 @@ def provider(handler, **event):
 
 
 def delta(handler, item="item_1", response="resp_1", n=160):
-    provider(handler, type="response.output_audio.delta", response_id=response, item_id=item, delta=base64.b64encode(b"\x55" * n).decode())
+    provider(
+        handler,
+        type="response.output_audio.delta",
+        response_id=response,
+        item_id=item,
+        delta=base64.b64encode(b"\x55" * n).decode(),
+    )
 
 
 def test_a_cough_under_the_guard_is_not_a_barge_in_but_speech_is(monkeypatch):
@@ -356,4 +367,8 @@ def test_the_handler_api_hands_the_caller_on_with_dial_and_end():
     call, actions = Call(), ConnectActions(task.Clock())
     HandlerCall(call, task.Clock(), actions, None).dial_and_end("sip:desk@pbx.example.com", "transfer_call:desk")
     body, why, answer = actions.take_answer("CA7")
-    assert (why, answer, call.ended) == ("transfer_call:desk", "dial", "transfer") and "<Sip>sip:desk@pbx.example.com</Sip>" in body
+    assert (why, answer, call.ended) == (
+        "transfer_call:desk",
+        "dial",
+        "transfer",
+    ) and "<Sip>sip:desk@pbx.example.com</Sip>" in body

@@ -438,7 +438,9 @@ class OpenAIRealtimeHandler(Handler):
             if self.options["barge_in_min_ms"]:
                 self._send_event({"type": "response.cancel", "event_id": f"vb-cancel-{next(self.events)}"})
         if cut is None:
-            log.info("realtime callSid={callSid}: barge-in before any agent audio played", event_name="realtime.barge_in", **call.ids)
+            log.info(
+                "realtime callSid={callSid}: barge-in before any agent audio played", event_name="realtime.barge_in", **call.ids
+            )
             return
         item_id, audio_end_ms = cut
         self.cut_items.append(item_id)
@@ -531,7 +533,9 @@ class OpenAIRealtimeHandler(Handler):
             if isinstance(destination, str) and destination in transfers:
                 self.stats.tool_calls[("transfer_call", "ok")] += 1
                 action = ("transfer", destination, transfers[destination])
-                self._end_after_words(action, call_id, spoke, "Tell the caller in one short sentence that you are transferring them now.")
+                self._end_after_words(
+                    action, call_id, spoke, "Tell the caller in one short sentence that you are transferring them now."
+                )
             else:
                 self.stats.tool_calls[("transfer_call", "refused")] += 1
                 known = ", ".join(sorted(transfers)) or "none"
@@ -552,7 +556,10 @@ class OpenAIRealtimeHandler(Handler):
     def _tool_output(self, call_id, output: dict) -> None:
         if isinstance(call_id, str):
             self._send_event(
-                {"type": "conversation.item.create", "item": {"type": "function_call_output", "call_id": call_id, "output": orjson.dumps(output).decode()}}
+                {
+                    "type": "conversation.item.create",
+                    "item": {"type": "function_call_output", "call_id": call_id, "output": orjson.dumps(output).decode()},
+                }
             )
 
     def _end_after_words(self, action: tuple, call_id, spoke: bool, prompt: str) -> None:
@@ -732,7 +739,9 @@ class ProviderProtocol(LeanClientFrames, WebSocketClientProtocol):
         handler.opened(self)
 
     def binary_received(self, payload: bytes) -> None:
-        self.factory.handler.call.protocol_error("realtime-binary-frame", f"the Realtime API sent a binary frame of {len(payload)} bytes")
+        self.factory.handler.call.protocol_error(
+            "realtime-binary-frame", f"the Realtime API sent a binary frame of {len(payload)} bytes"
+        )
 
     def onClose(self, wasClean, code, reason):
         self.factory.handler.closed(self, wasClean, code, reason)

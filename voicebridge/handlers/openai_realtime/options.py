@@ -39,10 +39,18 @@ def check_url(url) -> str:
         raise ValueError(f"url: {e}") from None
     return url
 
+
 DEFAULT_URL = "wss://api.openai.com/v1/realtime"
 KEY_VARIABLE = "OPENAI_API_KEY"
 TURN_DETECTION_TYPES = ("server_vad", "semantic_vad")
-SERVER_VAD_KEYS = {"threshold", "prefix_padding_ms", "silence_duration_ms", "create_response", "interrupt_response", "idle_timeout_ms"}
+SERVER_VAD_KEYS = {
+    "threshold",
+    "prefix_padding_ms",
+    "silence_duration_ms",
+    "create_response",
+    "interrupt_response",
+    "idle_timeout_ms",
+}
 SEMANTIC_VAD_KEYS = {"eagerness", "create_response", "interrupt_response"}
 EAGERNESS = ("low", "medium", "high", "auto")
 MAX_INSTRUCTIONS = 100_000
@@ -139,7 +147,9 @@ def check_turn_detection(value) -> dict:
     allowed = SERVER_VAD_KEYS if kind == "server_vad" else SEMANTIC_VAD_KEYS
     unknown = set(value) - allowed - {"type"}
     if unknown:
-        raise ValueError(f"turn_detection: unknown for {kind}: {', '.join(sorted(unknown))} (known: {', '.join(sorted(allowed))})")
+        raise ValueError(
+            f"turn_detection: unknown for {kind}: {', '.join(sorted(unknown))} (known: {', '.join(sorted(allowed))})"
+        )
     for key in ("create_response", "interrupt_response"):
         if key in value and not isinstance(value[key], bool):
             raise ValueError(f"turn_detection.{key}: expected true or false")
@@ -161,7 +171,7 @@ def check_transfers(value) -> dict[str, str]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise ValueError("transfers: expected a table of names to numbers or SIP URIs, e.g. { sales = \"+15550100002\" }")
+        raise ValueError('transfers: expected a table of names to numbers or SIP URIs, e.g. { sales = "+15550100002" }')
     if len(value) > MAX_TRANSFERS:
         raise ValueError(f"transfers: at most {MAX_TRANSFERS} destinations")
     checked = {}

@@ -93,7 +93,10 @@ class RealtimeCollector:
         stats = stats_for(self.clock)
         yield _counter("voicebridge_realtime_calls", "Calls handed to the Realtime API", [], {(): stats.calls})
         yield _counter(
-            "voicebridge_realtime_barge_ins", "Caller speech that interrupted the agent (cleared and truncated)", [], {(): stats.barge_ins}
+            "voicebridge_realtime_barge_ins",
+            "Caller speech that interrupted the agent (cleared and truncated)",
+            [],
+            {(): stats.barge_ins},
         )
         yield _counter(
             "voicebridge_realtime_barge_ins_ignored",
@@ -102,16 +105,35 @@ class RealtimeCollector:
             {(): stats.barge_ins_ignored},
         )
         yield _counter(
-            "voicebridge_realtime_truncations", "conversation.item.truncate sent at the played position", [], {(): stats.truncations}
+            "voicebridge_realtime_truncations",
+            "conversation.item.truncate sent at the played position",
+            [],
+            {(): stats.truncations},
         )
-        yield _counter("voicebridge_realtime_tool_calls", "Tool calls by the agent, by tool and outcome", ["tool", "outcome"], stats.tool_calls)
+        yield _counter(
+            "voicebridge_realtime_tool_calls",
+            "Tool calls by the agent, by tool and outcome",
+            ["tool", "outcome"],
+            stats.tool_calls,
+        )
         yield _counter("voicebridge_realtime_failures", "Provider links that failed, by reason", ["reason"], stats.failures)
         yield _counter(
-            "voicebridge_realtime_provider_errors", "Error events that did not end the call, by code", ["code"], stats.provider_errors
+            "voicebridge_realtime_provider_errors",
+            "Error events that did not end the call, by code",
+            ["code"],
+            stats.provider_errors,
         )
         for name, documentation, buckets in (
-            ("voicebridge_realtime_turn_latency_seconds", "Caller stopped speaking (speech_stopped) to the agent's first audio sent", stats.turn),
-            ("voicebridge_realtime_bridge_latency_seconds", "Agent audio received from the provider to written to Twilio", stats.bridge),
+            (
+                "voicebridge_realtime_turn_latency_seconds",
+                "Caller stopped speaking (speech_stopped) to the agent's first audio sent",
+                stats.turn,
+            ),
+            (
+                "voicebridge_realtime_bridge_latency_seconds",
+                "Agent audio received from the provider to written to Twilio",
+                stats.bridge,
+            ),
         ):
             family = HistogramMetricFamily(name, documentation)
             family.add_metric([], buckets.cumulative(), buckets.sum)
