@@ -62,11 +62,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", default="100", help="comma-separated call counts (default 100)")
     parser.add_argument("--duration", type=float, default=30.0)
-    parser.add_argument("--server-core", default="0")
-    parser.add_argument("--load-core", default="1", help="the core of the load generator and the fake provider")
+    parser.add_argument("--server-core", default="0", help='the daemon\'s core (taskset); "" for none')
+    parser.add_argument("--load-core", default="1", help='the core of the load generator and the fake provider; "" for none')
     parser.add_argument("--handlers", default="echo,openai-realtime")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    args.server_core = args.server_core or None  # "": not pinned
+    args.load_core = args.load_core or None
     log_dir = Path(tempfile.mkdtemp(prefix="vb-realtime-bench-"))
     provider_port = bench.free_port()
     provider = subprocess.Popen(

@@ -12,7 +12,7 @@ from tests.daemon import REPO
 def test_a_tiny_run_carries_ai_calls_through_the_fake_provider():
     done = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "realtime.py"), "--calls", "3", "--duration", "1.5", "--json"]
-        + ["--server-core", "0", "--load-core", "1"],
+        + ["--server-core", "", "--load-core", ""],  # not pinned: any machine
         capture_output=True,
         text=True,
         timeout=180,
