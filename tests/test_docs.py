@@ -116,3 +116,12 @@ def test_every_folder_and_top_level_module_is_in_the_layout_table():
     actual_folders = {f"{p.parent.relative_to(REPO / 'voicebridge')}/" for p in (REPO / "voicebridge").glob("*/__init__.py")}
     assert actual_folders - {f + "/" if not f.endswith("/") else f for f in folders} == set()
     assert {p.name for p in (REPO / "voicebridge").glob("*.py")} - top_modules == set()
+
+
+@pytest.mark.parametrize("path", ["README.md", "docs/handlers.md", "docs/deploy.md"])
+def test_every_toml_example_is_valid_toml(path):
+    """A config example a reader copies must load (TOML cannot add a table to an inline one, for instance)."""
+    import tomllib
+
+    for block in re.findall(r"```toml\n(.*?)```", (REPO / path).read_text(), re.S):
+        tomllib.loads(block)
