@@ -10,6 +10,7 @@ from voicebridge.config.file import DEFAULT_HANDLER
 from voicebridge.daemon import tap
 from voicebridge.daemon.tap import Options
 from voicebridge.handlers import relay
+from voicebridge.handlers.openai_realtime import options as openai_realtime_options
 
 
 def readme() -> str:
@@ -73,7 +74,8 @@ def effective_default(flag: str):
             return getattr(limits.Limits, attr)
     if flag in tap.HANDLER_FLAGS:
         handler, key = tap.HANDLER_FLAGS[flag]
-        return relay.DEFAULTS.get(key) if handler == "relay" else None
+        defaults = {"relay": relay.DEFAULTS, "openai-realtime": openai_realtime_options.DEFAULTS}.get(handler, {})
+        return defaults.get(key)
     if flag == "handler":
         return DEFAULT_HANDLER
     for name, _short, default, *_rest in tap.Options.optParameters:
@@ -83,7 +85,7 @@ def effective_default(flag: str):
 
 
 def documented_default(row: str):
-    match = re.search(r"[Dd]efault:? `?([\w.]+)", row)
+    match = re.search(r"[Dd]efault:? `?([\w.-]+)", row)
     if match is None:
         return "undocumented"
     text = match.group(1)
@@ -117,3 +119,12 @@ def test_every_folder_and_top_level_module_is_in_the_layout_table():
     actual_folders = {f"{p.parent.relative_to(REPO / 'voicebridge')}/" for p in (REPO / "voicebridge").glob("*/__init__.py")}
     assert actual_folders - {f + "/" if not f.endswith("/") else f for f in folders} == set()
     assert {p.name for p in (REPO / "voicebridge").glob("*.py")} - top_modules == set()
+
+
+@pytest.mark.parametrize("path", ["README.md", "docs/handlers.md", "docs/deploy.md"])
+def test_every_toml_example_is_valid_toml(path):
+    """A config example a reader copies must load (TOML cannot add a table to an inline one, for instance)."""
+    import tomllib
+
+    for block in re.findall(r"```toml\n(.*?)```", (REPO / path).read_text(), re.S):
+        tomllib.loads(block)

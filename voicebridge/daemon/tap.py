@@ -55,7 +55,22 @@ HANDLER_FLAGS = {
     "relay-connect-timeout": ("relay", "connect_timeout"),
     "relay-handshake-timeout": ("relay", "handshake_timeout"),
     "relay-ca": ("relay", "ca_file"),
+    "realtime-url": ("openai-realtime", "url"),
+    "realtime-model": ("openai-realtime", "model"),
+    "realtime-voice": ("openai-realtime", "voice"),
+    "realtime-instructions": ("openai-realtime", "instructions"),
+    "realtime-instructions-file": ("openai-realtime", "instructions_file"),
+    "realtime-greeting": ("openai-realtime", "greeting"),
+    "realtime-turn-detection": ("openai-realtime", "turn_detection"),
+    "realtime-barge-in-min-ms": ("openai-realtime", "barge_in_min_ms"),
+    "realtime-transcripts": ("openai-realtime", "transcripts"),
+    "realtime-key-file": ("openai-realtime", "api_key_file"),
+    "realtime-fallback": ("openai-realtime", "fallback"),
+    "realtime-message": ("openai-realtime", "message"),
+    "realtime-ca": ("openai-realtime", "ca_file"),
 }
+# Handler flags that are switches: given means true; absent leaves the option to the config.
+HANDLER_SWITCHES = {"realtime-transcripts"}
 
 
 class Options(usage.Options):
@@ -89,10 +104,23 @@ class Options(usage.Options):
         ["relay-connect-timeout", None, None, "relay: seconds for the TCP connection to the application (default 5).", float],
         ["relay-handshake-timeout", None, None, "relay: seconds for its TLS and WebSocket handshakes (default 5).", float],
         ["relay-ca", None, None, "relay: PEM file of CA certificates trusted for wss:// (default: the system's)."],
+        ["realtime-url", None, None, "openai-realtime: the Realtime API's wss:// URL (default: OpenAI's; Azure and compatible providers work)."],
+        ["realtime-model", None, None, "openai-realtime: the model (default gpt-realtime)."],
+        ["realtime-voice", None, None, "openai-realtime: the agent's voice (default alloy)."],
+        ["realtime-instructions", None, None, "openai-realtime: the agent's instructions; {businessId}, {plan}, {to}, {from} are the call's."],
+        ["realtime-instructions-file", None, None, "openai-realtime: a UTF-8 file holding the instructions."],
+        ["realtime-greeting", None, None, "openai-realtime: what the agent says first (default: it waits for the caller)."],
+        ["realtime-turn-detection", None, None, "openai-realtime: server_vad (default) or semantic_vad."],
+        ["realtime-barge-in-min-ms", None, None, "openai-realtime: caller speech must last this long to interrupt the agent (default 0).", int],
+        ["realtime-key-file", None, None, "openai-realtime: a file holding the API key (else OPENAI_API_KEY); never the key itself."],
+        ["realtime-fallback", None, None, "openai-realtime: when the API fails, 'hangup' or 'say' (--realtime-message, then hang up)."],
+        ["realtime-message", None, None, "openai-realtime: what Twilio says before hanging up when the API fails."],
+        ["realtime-ca", None, None, "openai-realtime: PEM file of CA certificates trusted for its wss:// (default: the system's)."],
     ]
     optFlags = [
         ["show-numbers", None, "Log phone numbers in full (masked by default)."],
         ["no-fast-path", None, "Serve on plain Twisted and Autobahn, no per-frame fast path (or VOICEBRIDGE_FAST_PATH=off)."],
+        ["realtime-transcripts", None, "openai-realtime: the caller's and the agent's words in the log and the recording's sidecar."],
     ]
 
     def __init__(self):
@@ -190,7 +218,7 @@ class Options(usage.Options):
         unused = set(self.handler_options()) - handlers_in_use(resolved)
         if unused:
             flags = ", ".join(
-                f"--{flag}" for flag, (name, _) in HANDLER_FLAGS.items() if name in unused and self[flag] is not None
+                f"--{flag}" for flag, (name, _) in HANDLER_FLAGS.items() if name in unused and self[flag] not in (None, 0)
             )
             raise usage.UsageError(
                 f"{flags}: no call uses the {', '.join(sorted(unused))} handler; add --handler NAME, or name it in the config"
@@ -199,7 +227,10 @@ class Options(usage.Options):
     def handler_options(self) -> dict:
         options: dict = {}
         for flag, (handler, key) in HANDLER_FLAGS.items():
-            if self[flag] is not None:
+            if flag in HANDLER_SWITCHES:
+                if self[flag]:
+                    options.setdefault(handler, {})[key] = True
+            elif self[flag] is not None:
                 options.setdefault(handler, {})[key] = self[flag]
         return options
 

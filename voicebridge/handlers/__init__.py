@@ -20,6 +20,7 @@ BUILTIN = {
     "echo": "voicebridge.handlers.echo:EchoHandler",
     "record": "voicebridge.handlers.record:RecordHandler",
     "relay": "voicebridge.handlers.relay:RelayHandler",
+    "openai-realtime": "voicebridge.handlers.openai_realtime:OpenAIRealtimeHandler",
 }
 
 

@@ -16,6 +16,7 @@ import warnings
 from twisted.logger import Logger
 
 from voicebridge import __version__
+from voicebridge.net.leanclient import LeanClientFrames
 from voicebridge.net.wsclient import endpoint_for, load_trust_root
 from voicebridge.observe.logs import printable, redact_url
 from voicebridge.twilio.signatures import SignatureChecker
@@ -24,6 +25,7 @@ __all__ = [
     "USER_AGENT",
     "Handler",
     "HandlerCall",
+    "LeanClientFrames",
     "Logger",
     "endpoint_for",
     "load_trust_root",
@@ -183,6 +185,12 @@ class HandlerCall:
         Twilio fetches the TwiML (relay passes its failure, e.g. ``connect-refused``).
         """
         self._connect_actions.say_and_hang_up(self._call.call_sid, message, why)
+        self._call.hangup(reason)
+
+    def dial_and_end(self, destination: str, why: str, reason: str = "transfer") -> None:
+        """Have Twilio connect the caller to ``destination`` (an E.164 number or a ``sip:`` URI) once the
+        stream has ended, then end it (``reason``): an AI agent's transfer. Needs ``uses_connect_action``."""
+        self._connect_actions.dial(self._call.call_sid, destination, why)
         self._call.hangup(reason)
 
     def protocol_error(self, reason: str, detail: str) -> None:

@@ -155,6 +155,9 @@ class RecordHandler(Handler):
             "stoppedAt": _iso(clock.seconds()),
             "endReason": reason,
         }
+        extra = getattr(self.inner, "sidecar", None)  # what the recorded handler keeps (openai-realtime's transcripts)
+        if callable(extra):
+            sidecar.update({k: v for k, v in extra().items() if k not in sidecar})
         recording.finishing = True  # here, on the reactor's thread: nothing reaches the recording from now on
         if IReactorThreads.providedBy(clock):
             # fsync can take a while on a busy disk: not on the reactor's thread.

@@ -147,6 +147,20 @@ def by_worker(per_worker: list) -> list[Metric]:
     return list(merged.values())
 
 
+def handler_collectors(calls) -> list:
+    """The collectors of the handlers this daemon's calls can reach: a handler class with a
+    ``metrics_collector(registry)`` classmethod (openai-realtime) reports its own figures."""
+    from voicebridge import handlers
+    from voicebridge.call.resolve import handlers_in_use
+
+    collectors = []
+    for name in sorted(handlers_in_use(getattr(calls, "_handlers", None) or {})):
+        make = getattr(handlers.load(name), "metrics_collector", None)
+        if make is not None:
+            collectors.append(make(calls))
+    return collectors
+
+
 class _Families:
     """What an encoder wants of a registry: ``collect()``."""
 
@@ -164,6 +178,8 @@ class Metrics:
         self.peers = None  # under --workers: gathers the other workers' families (peers.SupervisorLink)
         self.registry = CollectorRegistry()
         self.registry.register(CallCollector(calls))
+        for collector in handler_collectors(calls):
+            self.registry.register(collector)
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         self.webhook_seconds = Histogram(

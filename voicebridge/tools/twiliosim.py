@@ -47,6 +47,9 @@ class CallScript:
     account_sid: str = field(default_factory=lambda: new_sid("AC"))
     frame: object = tone_frame
     lost: frozenset = frozenset()  # frame numbers never sent, as if lost: Twilio skips their timestamps
+    # Marks are returned at once (as if played instantly); with mark_limit only the first N are, the
+    # rest are held as if still playing, until a ``clear`` returns them all at once, as Twilio does.
+    mark_limit: int | None = None
 
 
 @dataclass
@@ -59,6 +62,9 @@ class CallOutcome:
     sent_frames: list = field(default_factory=list)  # every text frame sent, as sent
     received_frames: list = field(default_factory=list)  # every text frame received, as received
     marks: list = field(default_factory=list)
+    # (mark name, caller frames sent when it was returned, whether a clear returned it)
+    marks_returned: list = field(default_factory=list)
+    held_marks: list = field(default_factory=list)
     clears: int = 0
     foreign: list = field(default_factory=list)
     close_code: int | None = None
@@ -173,12 +179,23 @@ class SimulatedTwilio(WebSocketClientProtocol):
             self.outcome.received_at.append(self.factory.reactor.seconds())
         elif kind is messages.Mark:
             self.outcome.marks.append(message.name)
-            # Twilio answers a mark once the audio before it has played; here, at once.
-            self._send(messages.twilio_mark(self.factory.script.stream_sid, message.name, self._seq()))
+            limit = self.factory.script.mark_limit
+            if limit is not None and (len(self.outcome.marks_returned) >= limit or self.outcome.held_marks):
+                self.outcome.held_marks.append(message.name)  # still "playing"
+            else:
+                # Twilio answers a mark once the audio before it has played; here, at once.
+                self._return_mark(message.name, False)
         elif kind is messages.Clear:
             self.outcome.clears += 1
+            held, self.outcome.held_marks = self.outcome.held_marks, []
+            for name in held:  # a clear drops the queued audio and returns its marks at once
+                self._return_mark(name, True)
         else:
             self.outcome.foreign.append(getattr(message, "event", kind.__name__))
+
+    def _return_mark(self, name: str, cleared: bool) -> None:
+        self.outcome.marks_returned.append((name, len(self.outcome.sent), cleared))
+        self._send(messages.twilio_mark(self.factory.script.stream_sid, name, self._seq()))
 
     def onClose(self, wasClean, code, reason):
         loop = getattr(self, "_loop", None)
@@ -218,8 +235,12 @@ def play_call(
     connect_to=None,
     timeout: float = 10,
     tls_options=None,
+    outcome: CallOutcome | None = None,
 ) -> defer.Deferred:
-    """Play one call against ``stream_url``; fires with a CallOutcome (or fails if no TCP/TLS connection)."""
+    """Play one call against ``stream_url``; fires with a CallOutcome (or fails if no TCP/TLS connection).
+
+    ``outcome``: the CallOutcome to fill, for a test that watches the call as it goes.
+    """
     all_headers = dict(headers or {})
     if signature is not None:
         all_headers["X-Twilio-Signature"] = signature
@@ -227,7 +248,7 @@ def play_call(
     factory.setProtocolOptions(openHandshakeTimeout=timeout, closeHandshakeTimeout=5)
     factory.reactor = reactor
     factory.script = script
-    factory.outcome = CallOutcome()
+    factory.outcome = outcome if outcome is not None else CallOutcome()
     factory.done = defer.Deferred()
     connecting = endpoint_for(reactor, stream_url, trust_root, connect_to, timeout, tls_options).connect(factory)
 

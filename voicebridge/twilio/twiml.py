@@ -89,3 +89,14 @@ def say_and_hang_up(message: str) -> str:
     response.say(message)
     response.hangup()
     return response.to_xml()
+
+
+def dial(destination: str) -> str:
+    """Connect the caller onward: ``<Dial><Number>`` for an E.164 number, ``<Dial><Sip>`` for a ``sip:`` URI."""
+    response = VoiceResponse()
+    dialing = response.dial()
+    if destination.lower().startswith(("sip:", "sips:")):
+        dialing.sip(destination)
+    else:
+        dialing.number(destination)
+    return response.to_xml()

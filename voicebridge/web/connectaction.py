@@ -42,20 +42,29 @@ class ConnectActions:
 
     def __init__(self, clock):
         self.clock = clock
-        self._entries: OrderedDict[str, tuple[float, str, str]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[float, str, str, str]] = OrderedDict()
 
     def say_and_hang_up(self, call_sid: str, message: str, reason: str) -> None:
-        self._put(call_sid, twiml.say_and_hang_up(message), reason)
+        self._put(call_sid, twiml.say_and_hang_up(message), reason, "say-and-hangup")
 
-    def _put(self, call_sid: str, body: str, reason: str) -> None:
+    def dial(self, call_sid: str, destination: str, reason: str) -> None:
+        """The stream ended to hand the caller on (an AI agent's ``transfer_call``): answer ``<Dial>``."""
+        self._put(call_sid, twiml.dial(destination), reason, "dial")
+
+    def _put(self, call_sid: str, body: str, reason: str, answer: str) -> None:
         self._expire()
         self._entries.pop(call_sid, None)
-        self._entries[call_sid] = (self.clock.seconds() + self.TTL, body, reason)
+        self._entries[call_sid] = (self.clock.seconds() + self.TTL, body, reason, answer)
         while len(self._entries) > self.MAX_ENTRIES:
             self._entries.popitem(last=False)
 
     def take(self, call_sid: str) -> tuple[str, str] | None:
         """(TwiML, reason) for this call, once; None if nothing was asked for it (or it expired)."""
+        entry = self.take_answer(call_sid)
+        return entry[:2] if entry is not None else None
+
+    def take_answer(self, call_sid: str) -> tuple[str, str, str] | None:
+        """(TwiML, reason, answer kind: ``say-and-hangup`` or ``dial``) for this call, once; else None."""
         self._expire()
         entry = self._entries.pop(call_sid, None)
         return entry[1:] if entry is not None else None
@@ -63,7 +72,7 @@ class ConnectActions:
     def _expire(self) -> None:
         now = self.clock.seconds()
         while self._entries:
-            call_sid, (expires, _, _) = next(iter(self._entries.items()))
+            call_sid, (expires, *_) = next(iter(self._entries.items()))
             if expires > now:
                 break
             del self._entries[call_sid]
@@ -90,11 +99,11 @@ class ConnectActionResource(TwilioRequest):
 
     def answer(self, request, view, fields):
         call_sid = fields.get("CallSid") or ""
-        wish = self.actions.take(call_sid) if call_sid else None
+        wish = self.actions.take_answer(call_sid) if call_sid else None
         if wish is None:
             body, answer, reason = twiml.hang_up(), "hangup", None
         else:
-            (body, reason), answer = wish, "say-and-hangup"
+            body, reason, answer = wish
         log.info(
             "stream ended callSid={callSid}; Twilio asked what next and got {answer}",
             event_name="call.after_stream",
