@@ -64,6 +64,22 @@ def test_decide_runs_the_check_only_when_asked_for_the_fast_path():
     assert decision == switch.Decision(False, "self-check failed: some.Name (missing)", ("some.Name (missing)",))
 
 
+@pytest.mark.parametrize(
+    "request_, check, lean",
+    [
+        (switch.Decision(False, "--no-fast-path"), lambda r: [], False),
+        (switch.Decision(True, "requested"), lambda r: ["autobahn.X._onMessage (missing)"], False),
+        (switch.Decision(True, "requested"), lambda r: [], True),
+    ],
+)
+def test_the_provider_links_lean_frames_follow_the_switch(request_, check, lean, monkeypatch):
+    from voicebridge.net.leanclient import LeanClientFrames
+
+    monkeypatch.setattr(LeanClientFrames, "lean", not lean)
+    switch.engage(request_, "reactor", install=False, check=check)
+    assert LeanClientFrames.lean is lean
+
+
 # The self-check, against the real Twisted, Autobahn and websockets with one name taken away.
 
 
@@ -292,7 +308,7 @@ def test_a_missing_name_turns_the_fast_path_off_and_calls_still_echo(name, start
     (tmp_path / "sitecustomize.py").write_text(SHIMS[name])
     daemon = start_daemon(env={"PYTHONPATH": f"{tmp_path}:{REPO}"})
     (disabled,) = daemon.named("fastpath.disabled")
-    assert disabled["log_level"]["name"] == "warn" and name in disabled["missing"]
+    assert disabled["level"] == "warn" and name in disabled["missing"]
     banner = _banner(daemon)
     assert banner["fast_path"] == "off" and name in banner["fast_path_reason"]
     yield _echoes(daemon)

@@ -51,15 +51,16 @@ def frame_index(audio: bytes) -> int:
     return int.from_bytes(audio[:4], "big")  # tone_frame(i) leads with i
 
 
+@pytest.mark.parametrize("switch", [[], ["--no-fast-path"]], ids=["fast-path", "no-fast-path"])
 @pytest_twisted.inlineCallbacks
-def test_greeting_heard_and_caller_audio_arrives_byte_exact(start_daemon, fakes):
+def test_greeting_heard_and_caller_audio_arrives_byte_exact(switch, start_daemon, fakes):
     fake = yield fakes(replies=[Reply(chunks=25, transcript="Welcome to Acme, café ouvert")], padding="x" * 70_000,
                        expect={"audio.output.voice": "coral",
                                "instructions": "You answer for business-1 (plan pro)."})  # fmt: skip
     daemon = start_daemon(
         "--handler", "openai-realtime", "--realtime-url", fake.url, "--realtime-voice", "coral",
         "--realtime-instructions", "You answer for {businessId} (plan {plan}).", "--realtime-greeting", "Welcome to Acme",
-        "--realtime-transcripts", env=ENV,
+        "--realtime-transcripts", *switch, env=ENV,
     )  # fmt: skip
     script = CallScript(
         frames=60, interval=0.005, custom_parameters={"businessId": "business-1", "plan": "pro"}, dtmf="7", linger=1.0

@@ -64,6 +64,9 @@ def engage(request: Decision, reactor, install: bool = True, check=None) -> Deci
             event_name="fastpath.disabled",
             missing=", ".join(decision.missing),
         )
+    from voicebridge.net.leanclient import LeanClientFrames
+
+    LeanClientFrames.lean = decision.on  # the AI provider link's frames follow the same switch
     if decision.on and install:
         from voicebridge.fastpath import leanloop
 

@@ -74,6 +74,10 @@ class LeanClientFrames:
 
     text_sink = None
     received_at = 0.0
+    #: Whether the lean path may be taken at all: ``voicebridge.fastpath.switch.engage`` sets it to its
+    #: decision, so ``--no-fast-path``, ``VOICEBRIDGE_FAST_PATH=off`` or a failed self-check (which
+    #: looks at every private Autobahn name used here) leave the provider link on Autobahn's own path.
+    lean = True
     _fast_in = False
     _fast_limit_in = 0
     _fast_limit_out = -1
@@ -81,7 +85,8 @@ class LeanClientFrames:
 
     def _onOpen(self):
         plain = (
-            self._perMessageCompress is None
+            self.lean
+            and getattr(self, "_perMessageCompress", None) is None
             and not self.logOctets
             and not self.logFrames
             and not self.trackedTimings
