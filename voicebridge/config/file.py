@@ -242,3 +242,7 @@ class Settings:
     tls: dict = field(default_factory=dict, repr=False)
     # calls.resolve_handlers(this), resolved once at start-up; None: resolve when needed.
     handlers: dict | None = field(default=None, repr=False)
+    # --redis: voicebridge.fleet.FleetSettings; None: this machine alone.
+    fleet: object = None
+    # --control-token-file: the call-control API's bearer token; None: no API.
+    control_token: Secret | None = field(default=None, repr=False)

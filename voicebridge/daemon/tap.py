@@ -7,7 +7,7 @@ import sys
 
 from twisted.python import usage
 
-from voicebridge import handlers
+from voicebridge import fleet, handlers
 from voicebridge.call.call import handlers_in_use, resolve_handlers
 from voicebridge.config import limits
 from voicebridge.config.file import DEFAULT_HANDLER, Config, ConfigError, Settings, load_config, read_auth_token
@@ -55,6 +55,7 @@ class Options(usage.Options):
         ["auth-token-file", None, None, "File holding the Twilio auth token (else TWILIO_AUTH_TOKEN)."],
         ["workers", None, None, "Processes serving the same ports, N or auto (one per core); default: this process alone."],
         *limits.opt_parameters(),
+        *fleet.OPTIONS,
         # Handler settings: each flag is one option of one handler (HANDLER_FLAGS), as in [handlers.NAME].
         ["record-dir", None, None, "record: directory for each call's WAV and JSON files."],
         ["record-handler", None, None, "record: the handler whose calls are recorded, e.g. echo or relay (default: none)."],
@@ -131,6 +132,13 @@ class Options(usage.Options):
             except ValueError as e:
                 raise usage.UsageError(str(e)) from None
         self["limits"] = limits.from_options(self)
+        self["fleet"] = fleet.from_options(self)
+        try:
+            self["control_token"] = (
+                read_auth_token(self["control-token-file"], {}) if self["control-token-file"] else None
+            )
+        except ConfigError as e:
+            raise usage.UsageError(str(e).replace("--auth-token-file", "--control-token-file")) from None
         self["handler_name"] = self["handler"] or self["config_obj"].handler or DEFAULT_HANDLER
         self["handlers"] = None
         try:  # once, here: the daemon and check-config use what is resolved
@@ -166,6 +174,8 @@ class Options(usage.Options):
             limits=self["limits"],
             tls=dict(self["tls"]),
             handlers=self["handlers"],
+            fleet=self["fleet"],
+            control_token=self["control_token"],
         )
 
 
@@ -198,6 +208,7 @@ def makeService(options, reactor=None):
     if spec is None:
         service = VoiceBridgeService(settings, registry, site, admission, urls, reactor)
         ProcessSignals(reactor, service.drain.cut, service.reload).setServiceParent(service)
+        fleet.install(settings, registry, admission, site, service, reactor)
         return service
 
     signals = ProcessSignals(reactor, lambda: service.drain.cut(), lambda: service.reload(), supervised=True)
@@ -213,4 +224,5 @@ def makeService(options, reactor=None):
     listeners = [AdoptedListenService(d, fd, site, reactor, settings.tls.get(d)) for d, fd in spec.listen]
     service = VoiceBridgeService(settings, registry, site, admission, urls, reactor, listeners=listeners, link=link)
     signals.setServiceParent(service)
+    fleet.install(settings, registry, admission, site, service, reactor)
     return service

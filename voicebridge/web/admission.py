@@ -38,6 +38,7 @@ class Admission:
         self.registry = registry  # whose ``draining`` turns every new webhook and stream away
         self.checker = SignatureChecker(settings.auth_token) if settings.auth_token else None
         self.capacity = registry.capacity if registry is not None else None
+        self.fleet = None  # with --redis, the fleet's slots too (voicebridge/fleet/leases.py)
 
     @property
     def draining(self) -> bool:
@@ -102,7 +103,10 @@ class Admission:
         over = self.capacity.admit_handshake() if self.capacity is not None else None
         return Refusal(503, "over-capacity", over) if over else None
 
-    def call(self, call_sid: str | None, tenant) -> Refusal | None:
-        """At the webhook, once the request is known to be Twilio's: is there room for this call?"""
+    def call(self, call_sid: str | None, tenant):
+        """At the webhook, once the request is known to be Twilio's: is there room for this call?
+        A Refusal or None; with a fleet (``--redis``), a Deferred of one, once Redis has answered."""
         over = self.capacity.reserve(call_sid, tenant) if self.capacity is not None else None
-        return Refusal(503, "over-capacity", over) if over else None
+        if over:
+            return Refusal(503, "over-capacity", over)
+        return self.fleet.reserve(call_sid, tenant) if self.fleet is not None else None
