@@ -129,14 +129,16 @@ class CallControl:
 
         def listed(reply):
             calls = [
-                {"callSid": c.call_sid, "tenant": c.tenant, "machine": c.machine, "state": c.state, "seconds": round(c.seconds, 1)}
+                {"callSid": c.call_sid, "tenant": c.tenant, "machine": c.machine, "state": c.state,
+                 "seconds": round(c.seconds, 1)}
                 for c in slots.parse_list(reply)
             ]
             return {"source": "fleet", "calls": calls}
 
         def without_redis(failure):
             failure.trap(Unavailable)
-            return {"source": "machine", "calls": self._local_list(), "warning": "Redis is unavailable: this machine's calls only"}
+            warning = "Redis is unavailable: this machine's calls only"
+            return {"source": "machine", "calls": self._local_list(), "warning": warning}
 
         return self.fleet.redis.run(script, keys, args, ROUTE_TIMEOUT).addCallbacks(listed, without_redis)
 

@@ -308,7 +308,7 @@ class Counts:
 
 def parse_renew(reply, tenants) -> Counts:
     values = [int(v) for v in reply]
-    return Counts(values[0], values[1], dict(zip(list(tenants), values[2:])))
+    return Counts(values[0], values[1], dict(zip(list(tenants), values[2:], strict=True)))
 
 
 @dataclass(frozen=True)

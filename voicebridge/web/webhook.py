@@ -80,7 +80,9 @@ class VoiceWebhook(TwilioRequest):
         over = self.admission.call(fields.get("CallSid"), tenant)
         if isinstance(over, defer.Deferred):  # the fleet's answer (--redis): Redis is asked first
             over.addErrback(self._admission_failed, call_sid)
-            over.addCallback(lambda o: self._later(request, self._admitted(request, view, fields, tenant, context, stream_url, o)))
+            over.addCallback(
+                lambda o: self._later(request, self._admitted(request, view, fields, tenant, context, stream_url, o))
+            )
             return NOT_DONE_YET
         return self._admitted(request, view, fields, tenant, context, stream_url, over)
 
