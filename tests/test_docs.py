@@ -5,11 +5,16 @@ import re
 import pytest
 
 from tests.daemon import REPO
+from voicebridge import fleet
 from voicebridge.config import limits
 from voicebridge.config.file import DEFAULT_HANDLER
 from voicebridge.daemon import tap
 from voicebridge.daemon.tap import Options
 from voicebridge.handlers import relay
+
+
+# Fleet flags whose Options default is None (so that one given without --redis is noticed).
+FLEET_DEFAULTS = {"fleet-lease": fleet.DEFAULT_LEASE, "fleet-name": "voicebridge", "redis-unavailable": "admit"}
 
 
 def readme() -> str:
@@ -76,6 +81,8 @@ def effective_default(flag: str):
         return relay.DEFAULTS.get(key) if handler == "relay" else None
     if flag == "handler":
         return DEFAULT_HANDLER
+    if flag in FLEET_DEFAULTS:
+        return FLEET_DEFAULTS[flag]
     return None
 
 
