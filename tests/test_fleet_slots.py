@@ -221,3 +221,83 @@ def test_a_command_fails_at_once_while_redis_is_away(redis_client):
         yield task.deferLater(reactor, 0.02, lambda: None)
     with pytest.raises(Unavailable):
         yield run(a, slots.reserve_call(KEYS, "CA1", None, None, None, 1000, "m"))
+
+
+# Call control, pure: what play accepts, what an action does to a call.
+
+
+def test_play_takes_mulaw_or_an_8khz_mono_pcm_wav_and_nothing_else():
+    import io
+    import wave
+
+    from voicebridge.fleet.control import ControlError, decode_audio
+
+    assert decode_audio("audio/basic", b"\xff" * 160) == b"\xff" * 160
+    pcm = io.BytesIO()
+    with wave.open(pcm, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(b"\x00\x00" * 80)
+    assert decode_audio("audio/wav", pcm.getvalue()) == b"\xff" * 80, "PCM silence is mu-law 0xff"
+    stereo = io.BytesIO()
+    with wave.open(stereo, "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(b"\x00" * 320)
+    for content_type, body, words in [
+        ("audio/wav", stereo.getvalue(), "mono 16-bit"),
+        ("audio/wav", b"RIFFjunk", "not a WAV"),
+        ("audio/mpeg", b"ID3", "audio/basic"),
+    ]:
+        with pytest.raises(ControlError, match=words) as e:
+            decode_audio(content_type, body)
+        assert e.value.status == 415
+
+
+class _Call:
+    def __init__(self):
+        self.sent = []
+
+    def hangup(self, reason):
+        self.sent.append(("hangup", reason))
+
+    def clear(self):
+        self.sent.append(("clear",))
+
+    def send_mark(self, name):
+        self.sent.append(("mark", name))
+
+    def send_audio(self, audio):
+        self.sent.append(("audio", len(audio)))
+
+
+def test_actions_do_what_they_say_on_the_call():
+    import base64
+
+    from voicebridge.fleet.control import ControlError, act_on
+
+    call = _Call()
+    act_on(call, "mark", {"name": "checkpoint"})
+    result = act_on(call, "play", {"audio": base64.b64encode(b"\x7f" * 400).decode(), "mark": "done"})
+    act_on(call, "clear", {})
+    act_on(call, "hangup", {})
+    assert call.sent == [("mark", "checkpoint"), ("audio", 160), ("audio", 160), ("audio", 80), ("mark", "done"),
+                         ("clear",), ("hangup", "hangup")]
+    assert result["seconds"] == 0.05
+    with pytest.raises(ControlError, match="needs a name"):
+        act_on(call, "mark", {})
+    with pytest.raises(ControlError) as e:
+        act_on(call, "transfer", {})
+    assert e.value.status == 404
+
+
+def test_the_calls_command_wants_a_token_and_a_callsid(monkeypatch, capsys):
+    from voicebridge.cli import main
+
+    monkeypatch.delenv("VOICEBRIDGE_CONTROL_TOKEN", raising=False)
+    assert main(["calls", "list"]) == 2 and "no control token" in capsys.readouterr().err
+    monkeypatch.setenv("VOICEBRIDGE_CONTROL_TOKEN", "t")
+    assert main(["calls", "hangup"]) == 2 and "needs a CallSid" in capsys.readouterr().err
+    assert main(["calls", "list", "--url", "http://127.0.0.1:1"]) == 1
