@@ -301,3 +301,39 @@ def test_the_calls_command_wants_a_token_and_a_callsid(monkeypatch, capsys):
     monkeypatch.setenv("VOICEBRIDGE_CONTROL_TOKEN", "t")
     assert main(["calls", "hangup"]) == 2 and "needs a CallSid" in capsys.readouterr().err
     assert main(["calls", "list", "--url", "http://127.0.0.1:1"]) == 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_rediss_verifies_the_servers_certificate(redis_server, pki, tmp_path):  # noqa: F811
+    from twisted.internet import reactor
+
+    from tests.nginx import free_port
+
+    leaf, tls_port = pki.leaf(), free_port()
+    redis_server(extra=["--tls-port", str(tls_port), "--tls-cert-file", str(leaf.fullchain),
+                        "--tls-key-file", str(leaf.key), "--tls-auth-clients", "no"])
+    url = parse_redis_url(f"rediss://localhost:{tls_port}/0")
+    trusted = Redis(url, reactor, ca_file=str(pki.root_pem))
+    untrusted = Redis(url, reactor)  # the system's roots do not know this test's CA
+    from twisted.logger import globalLogPublisher
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    trusted.start()
+    untrusted.start()
+    try:
+        def refused():
+            return [e for e in events if e.get("event_name") == "fleet.redis_unreachable"]
+
+        for _ in range(250):
+            if trusted.available and refused():
+                break
+            yield task.deferLater(reactor, 0.02, lambda: None)
+        assert trusted.available and not untrusted.available
+        refused = refused()
+        assert refused and "certificate verify failed" in refused[0]["reason"], refused
+        assert slots.parse_reserve((yield run(trusted, slots.reserve_call(KEYS, "CA1", None, None, None, 1000, "m")))).ok
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        yield trusted.stop()
+        yield untrusted.stop()

@@ -21,11 +21,13 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import txredisapi
+from twisted.application.internet import ClientService
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
 from twisted.logger import Logger
 
 from voicebridge.config.file import Secret
+from voicebridge.observe.logs import printable
 
 log = Logger(namespace="voicebridge.fleet")
 
@@ -110,6 +112,21 @@ def parse_redis_url(url: str, password_file: str | None = None) -> RedisURL:
 _QUIET = Logger(observer=lambda event: None)
 
 
+class _ReportingEndpoint:
+    """An endpoint that tells the owner why a connection attempt failed (once per reason: see ``Redis._unreachable``)."""
+
+    def __init__(self, endpoint, owner):
+        self.endpoint = endpoint
+        self.owner = owner
+
+    def connect(self, factory):
+        def failed(failure):
+            self.owner._unreachable(failure.getErrorMessage())
+            return failure
+
+        return self.endpoint.connect(factory).addErrback(failed)
+
+
 class _Factory(txredisapi.RedisFactory):
     """A pool of one connection that tells its owner when it is up and down, and keeps trying."""
 
@@ -125,20 +142,40 @@ class _Factory(txredisapi.RedisFactory):
         self.owner = owner
 
     def startConnecting(self, endpoint):
+        endpoint = _ReportingEndpoint(endpoint, self.owner)
         for _ in range(self.poolsize):
-            slot = txredisapi._PoolSlot(self, endpoint, self.reconnect)
-            slot.service._log = _QUIET  # Twisted's ClientService logs every retry; fleet.redis_down says it once
+            # Twisted's ClientService logs every retry, taking its logger when it is made: fleet.redis_down
+            # and fleet.redis_unreachable say it once instead.
+            saved, ClientService._log = ClientService._log, _QUIET
+            try:
+                slot = txredisapi._PoolSlot(self, endpoint, self.reconnect)
+            finally:
+                ClientService._log = saved
             self.slots.append(slot)
             slot.start()
 
     def addConnection(self, conn):
         super().addConnection(conn)
-        if conn in self.pool:
-            self.owner._up(self, conn)
+        if conn in self.pool and self is self.owner._commands:
+            # Up once it has answered: over TLS without a password, the handshake is only known done then.
+            conn.ping().addCallbacks(lambda _: conn in self.pool and self.owner._up(self, conn), lambda _: None)
 
     def delConnection(self, conn):
         super().delConnection(conn)
         self.owner._down(self, conn)
+
+    def buildProtocol(self, addr):
+        protocol = super().buildProtocol(addr)
+        lost = protocol.connectionLost
+
+        def connection_lost(reason):
+            if self is self.owner._commands and self.owner.conn is not protocol:
+                # Lost before it was usable: a TLS handshake or a certificate refused, say.
+                self.owner._unreachable(reason.getErrorMessage())
+            return lost(reason)
+
+        protocol.connectionLost = connection_lost
+        return protocol
 
     def stopTrying(self):
         # txredisapi stops for good after a refused AUTH or SELECT: keep trying (with the back-off), so a
@@ -238,6 +275,13 @@ class Redis:
         if text != self._last_error:  # once per distinct reason, not once per retry
             self._last_error = text
             log.error("Redis at {url}: {reason}", event_name="fleet.redis_error", url=self.url.shown, reason=text)
+
+    def _unreachable(self, why: str) -> None:
+        text = f"could not connect: {why}"
+        if text != self._last_error:  # once per distinct reason while it lasts, not once per retry
+            self._last_error = text
+            log.warn("Redis at {url} {reason}; retrying", event_name="fleet.redis_unreachable", url=self.url.shown,
+                     reason=printable(text, 300))
 
     def _message(self, channel, message) -> None:
         if self.on_message is not None:
