@@ -146,6 +146,48 @@ def load(daemon: Daemon, calls: int, duration: float, redis_pid: int | None) -> 
     return result
 
 
+def script_costs(redis_port: int, count: int) -> dict:
+    """In this process, through the daemon's own client: each call's three scripts (reserve, claim,
+    release) one after another, and a renewal of 1,000 calls. -> latency and this process's CPU."""
+    from twisted.internet import defer, reactor, task
+
+    from voicebridge.fleet import slots
+    from voicebridge.fleet.client import Redis, parse_redis_url
+
+    keys, out = slots.Keys("bench"), {}
+    client = Redis(parse_redis_url(f"redis://127.0.0.1:{redis_port}/0"), reactor)
+
+    @defer.inlineCallbacks
+    def measure():
+        client.start()
+        while not client.available:
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        reserve_ms, cpu_started = [], time.process_time()
+        for n in range(count):
+            sid = f"CAbench{n:026d}"
+            started = time.perf_counter()
+            yield client.run(*slots.reserve_call(keys, sid, "b1", None, 100_000, 30_000, "m1"), 2.0)
+            reserve_ms.append((time.perf_counter() - started) * 1000)
+            yield client.run(*slots.claim_call(keys, sid, "b1", None, 100_000, 15_000, "m2"), 2.0)
+            yield client.run(*slots.release_call(keys, "m2", [sid]), 2.0)
+        out["lifecycle_cpu_us"] = (time.process_time() - cpu_started) / count * 1e6
+        out["reserve_ms"] = reserve_ms
+        held = [(f"CAheld{n:027d}", "b1", 1000) for n in range(1000)]
+        started_cpu, started = time.process_time(), time.perf_counter()
+        yield client.run(*slots.renew_call(keys, "m1", 15_000, ["b1"], held, []), 5.0)
+        out["renew_1000_ms"] = (time.perf_counter() - started) * 1000
+        out["renew_1000_cpu_ms"] = (time.process_time() - started_cpu) * 1000
+        yield client.stop()
+
+    def done(result):
+        reactor.stop()
+        return result
+
+    measure().addBoth(done)
+    reactor.run()
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--webhooks", type=int, default=500)
@@ -181,6 +223,7 @@ def main() -> int:
                     total["cpu_s"] += r["cpu_s"]
                     total["redis_cpu_s"] += r["redis_cpu_s"]
                     total["ok"] = total["ok"] and bool(r.get("ok"))
+            scripts = script_costs(redis_port, args.webhooks)
         finally:
             for daemon in daemons:
                 daemon.stop()
@@ -204,6 +247,11 @@ def main() -> int:
     print(f"fleet mode: +{statistics.median(f['webhook']) - statistics.median(d['webhook']):.2f} ms per webhook (p50), "
           f"{extra:+.1f} ms of daemon CPU per {args.duration:g}-second call "
           f"({f['cpu_s'] / max(d['cpu_s'], 1e-9):.3f}x the default)")
+    r = scripts["reserve_ms"]
+    print(f"the reservation script alone (this process, the daemon's client): p50 {statistics.median(r):.3f} ms, "
+          f"p99 {percentile(r, 0.99):.3f} ms; a call's reserve + claim + release: {scripts['lifecycle_cpu_us']:.0f} us of "
+          f"client CPU; renewing 1,000 calls: {scripts['renew_1000_ms']:.1f} ms, "
+          f"{scripts['renew_1000_cpu_ms']:.1f} ms of client CPU (every lease/3)")
     return 0
 
 
