@@ -337,3 +337,18 @@ def test_rediss_verifies_the_servers_certificate(redis_server, pki, tmp_path):  
         globalLogPublisher.removeObserver(events.append)
         yield trusted.stop()
         yield untrusted.stop()
+
+
+def test_without_redis_the_fleet_code_is_not_even_loaded():
+    import subprocess
+    import sys
+
+    from tests.daemon import REPO, source_env
+
+    code = (
+        "import sys; from voicebridge.daemon.tap import Options, makeService; o = Options(); o.parseOptions([]); "
+        "makeService(o); print(sorted(m for m in sys.modules if 'redis' in m or m.startswith('voicebridge.fleet.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=source_env(), cwd=REPO, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

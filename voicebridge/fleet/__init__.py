@@ -47,8 +47,6 @@ OPTIONS = [
 
 def from_options(options) -> FleetSettings | None:
     """The fleet's settings, or None without ``--redis``; raises usage.UsageError naming the flag."""
-    from voicebridge.fleet.client import parse_redis_url
-
     if options["redis-unavailable"] not in UNAVAILABLE_POLICIES:
         raise usage.UsageError(f"--redis-unavailable must be admit or busy, not {options['redis-unavailable']!r}")
     if not options["redis"]:
@@ -56,6 +54,8 @@ def from_options(options) -> FleetSettings | None:
             if options[flag] is not None:
                 raise usage.UsageError(f"--{flag} needs --redis URL (the fleet's Redis)")
         return None
+    from voicebridge.fleet.client import parse_redis_url  # txredisapi is loaded with --redis only
+
     try:
         url = parse_redis_url(options["redis"], options["redis-password-file"])
     except ValueError as e:
