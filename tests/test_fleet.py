@@ -269,3 +269,16 @@ def test_busy_without_redis_when_told_so(redis_server, start_daemon, tmp_path): 
     daemon.wait_for(lambda e: e.get("event_name") == "fleet.redis_down")
     assert b'<Reject reason="busy"' in post_form(daemon.port, "/voice", call_form(call_sid="CA" + "2" * 32))[2]
     assert daemon.named("webhook.busy")[0]["message"] == "Redis is unavailable and --redis-unavailable is busy"
+
+
+def test_each_worker_is_a_member_of_the_fleet(redis_server, start_daemon, tmp_path):  # noqa: F811
+    """``--workers 2 --redis``: both workers join, and a tenant's limit counts what either answered."""
+    redis = redis_server()
+    config = tmp_path / "fleet.toml"
+    config.write_text(CONFIG)
+    daemon = start_daemon("--workers", "2", "--redis", redis.url, "-c", str(config))
+    daemon.wait_for(lambda e: len(daemon.named("fleet.redis_up")) == 2, 20)
+    assert len({e["machine"] for e in daemon.named("fleet.started")}) == 2, "one member per worker"
+    bodies = [post_form(daemon.port, "/voice", call_form(call_sid=f"CA{n:032d}"))[2] for n in range(7)]
+    assert sum(b"<Connect>" in b for b in bodies) == 5 and sum(b'<Reject reason="busy"' in b for b in bodies) == 2
+    assert len(redis.live_slots()) == 5
