@@ -294,7 +294,7 @@ def summarize_profile(path: Path, top: int = 25) -> str:
 SYSCALL_LEAVES = {"untilConcludes", "EPollReactor.doPoll", "_poll", "Connection.doRead", "write_now", "Connection.writeSomeData"}
 CATEGORIES = [
     ("Twilio JSON and base64 (messages.py)", ("voicebridge/twilio/messages.py", "base64.py", "orjson")),
-    ("Call and handler (calls.py, handlers/)", ("voicebridge/call/call.py", "voicebridge/handlers/")),
+    ("Call and handler (call/call.py, handlers/)", ("voicebridge/call/call.py", "voicebridge/handlers/")),
     ("Autobahn debug-log formatting", ("autobahn/util.py", "click/", "txaio/")),
     ("Autobahn send path", ("sendMessage (autobahn", "sendFrame (autobahn", "sendData (autobahn")),
     ("Autobahn receive path", ("autobahn/",)),

@@ -22,7 +22,7 @@ from twisted.internet import task  # noqa: E402
 
 from voicebridge import handlers, messages  # noqa: E402
 from voicebridge.audio.recording import Recording  # noqa: E402
-from voicebridge.call.call import CallRegistry  # noqa: E402
+from voicebridge.call.registry import CallRegistry  # noqa: E402
 from voicebridge.config.file import Settings  # noqa: E402
 from voicebridge.handlers import Handler  # noqa: E402
 
@@ -57,7 +57,7 @@ def run_once(frames: list[bytes], handler: str, options=None, force_keeping=Fals
     call = registry.new_call(Sink(), "127.0.0.1", {})
     call.text_received(messages.twilio_start(SID, CALL, ACC))
     if force_keeping:
-        call.text_received = call._text_received_keeping_frames
+        call.keeps_frames = True  # every frame the full way, kept while dispatched, as for relay
     receive = call.text_received
     start = time.perf_counter()
     for frame in frames:

@@ -5,7 +5,7 @@ from contextlib import contextmanager
 from twisted.internet import task
 from twisted.logger import globalLogPublisher
 
-from voicebridge.call.call import CallRegistry
+from voicebridge.call.registry import CallRegistry
 from voicebridge.config.file import Config, Settings
 from voicebridge.twilio import messages
 

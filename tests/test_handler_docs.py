@@ -8,7 +8,7 @@ import pytest
 from tests.daemon import REPO
 from tests.fakes import new_call, registry
 from voicebridge import handlers
-from voicebridge.call.call import resolve_handlers
+from voicebridge.call.resolve import resolve_handlers
 from voicebridge.config.file import Settings, parse_config
 from voicebridge.twilio import messages as m
 

@@ -10,7 +10,7 @@ from zope.interface import implementer
 
 from tests.fakes import new_call, registry
 from voicebridge import handlers
-from voicebridge.call.call import resolve_handlers
+from voicebridge.call.resolve import resolve_handlers
 from voicebridge.config.file import Settings, parse_config
 from voicebridge.handlers import Handler, UnknownHandler
 from voicebridge.twilio import messages as m
@@ -76,7 +76,7 @@ class FrameSpy(Handler):
     """Notes whether the raw frame was at hand while its media was handled."""
 
     def on_media(self, audio, timestamp):
-        self.call.spied = self.call.frame
+        self.spied = self.call.frame
 
 
 def test_other_calls_go_back_to_the_plain_path_at_start(monkeypatch):
@@ -90,14 +90,14 @@ def test_other_calls_go_back_to_the_plain_path_at_start(monkeypatch):
     assert not call.keeps_frames and call.opening_frames == []
     media = m.twilio_media(SID, b"x" * 160, 1, 0, 2)
     call.text_received(media)
-    assert call.spied is None and call.frames_in == 1, "media took the plain path: no frame kept"
+    assert call.handler.spied is None and call.frames_in == 1, "media took the plain path: no frame kept"
     FrameSpy.wants_frames = True
     try:
         reg2, _ = registry(handler="spy")
         keeper, _ = new_call(reg2)
         keeper.text_received(start)
         keeper.text_received(media)
-        assert keeper.keeps_frames and keeper.spied == media and keeper.frame is None
+        assert keeper.keeps_frames and keeper.handler.spied == media and keeper.frame is None
     finally:
         FrameSpy.wants_frames = False
 
@@ -315,7 +315,7 @@ class ThreadedClock(task.Clock):
 def test_a_call_ending_inside_a_send_leaves_the_finishing_recording_alone(tmp_path):
     """A slow reader ends the call inside echo's send: the recording is finishing in a thread, and must
     hear nothing more from the reactor (the send that ended the call included)."""
-    from voicebridge.call.call import CallRegistry
+    from voicebridge.call.registry import CallRegistry
     from voicebridge.config.limits import Limits
 
     clock = ThreadedClock()
@@ -351,7 +351,7 @@ def test_a_call_ending_inside_a_send_leaves_the_finishing_recording_alone(tmp_pa
 
 def test_handlers_are_resolved_once_at_start_up(monkeypatch, tmp_path):
     """Options resolve and check every handler; the registry (and check-config) use that, not a second pass."""
-    from voicebridge.call.call import CallRegistry
+    from voicebridge.call.registry import CallRegistry
     from voicebridge.daemon.tap import Options
 
     loads = []
@@ -363,3 +363,62 @@ def test_handlers_are_resolved_once_at_start_up(monkeypatch, tmp_path):
     loads.clear()
     registry = CallRegistry(options.settings(), task.Clock())
     assert loads == [] and registry.route({})[1:3] == ("record", handlers.load("record"))
+
+
+class Sayer(Handler):
+    """Asks Twilio to say goodbye after the stream, on the first key press; reads the clock and liveness."""
+
+    seen = []
+
+    @classmethod
+    def uses_connect_action(cls, options):
+        return True
+
+    @classmethod
+    def close_grace(cls, options):
+        return 20.0
+
+    def on_dtmf(self, digit):
+        self.seen.append((self.call.live, self.call.clock.seconds()))
+        self.call.say_and_hang_up("Goodbye", "test-why", "said")
+
+    def on_stop(self, reason):
+        self.seen.append((self.call.live, reason))
+
+
+def test_the_handler_api_is_what_a_handler_sees_of_its_call(monkeypatch):
+    from voicebridge.daemon.drain import GRACE, Drain
+    from voicebridge.handlers.api import HandlerCall
+
+    monkeypatch.setitem(handlers.BUILTIN, "sayer", "tests.test_handler_interface:Sayer")
+    Sayer.seen.clear()
+    reg, clock = registry(handler="sayer")
+    clock.advance(7)
+    call, link = new_call(reg)
+    call.text_received(m.twilio_start(SID, CALL, ACC, {"k": "v"}))
+    surface = call.handler.call
+    assert type(surface) is HandlerCall and surface is not call
+    assert (surface.call_sid, surface.stream_sid, surface.parameters["k"], surface.started_at) == (CALL, SID, "v", 7)
+    with pytest.warns(DeprecationWarning, match="call.clock"):
+        assert surface.registry is reg, "the old way in still works, with a warning"
+    call.text_received(m.twilio_dtmf(SID, "5", 2))
+    assert Sayer.seen == [(True, 7), (False, "said")]
+    assert link.closed == (1000, "said") and call.end_reason == "said"
+    twiml, why = reg.connect_actions.take(CALL)
+    assert "Goodbye" in twiml and "<Hangup" in twiml and why == "test-why"
+    assert reg.close_grace == 20.0 and Drain(reg, clock).grace == 5 + 20, "a handler that declares more gets it"
+    assert Drain(registry()[0], clock).grace == GRACE == 12, "echo: the built-ins' grace, as before"
+
+
+def test_handlers_declare_their_close_grace(tmp_path):
+    from voicebridge.call.resolve import close_grace
+
+    def grace(**settings):
+        return close_grace(resolve_handlers(Settings(listen=[], **settings)))
+
+    relay = {"relay": {"url": "ws://127.0.0.1:9/"}}
+    assert grace() == 0.0
+    assert grace(handler="relay", handler_options=relay) == 5.0
+    assert grace(handler="record", handler_options={"record": {"dir": str(tmp_path)}}) == 2.0
+    recorded_relay = {**relay, "record": {"dir": str(tmp_path), "handler": "relay"}}
+    assert grace(handler="record", handler_options=recorded_relay) == 7.0, "the save comes after the relay's close"

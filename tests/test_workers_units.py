@@ -14,12 +14,12 @@ from voicebridge.daemon.tap import Options
 from voicebridge.observe.metrics import by_worker, families_to_wire
 from voicebridge.twilio import messages
 from voicebridge.workers import control, sockets
+from voicebridge.workers.bookkeeping import worker_count
 from voicebridge.workers.peers import WorkerSpec, worker_spec
-from voicebridge.workers.supervisor import worker_count
 
 
 def test_twists_log_level_reaches_the_workers():
-    from voicebridge.workers.supervisor import twist_log_level
+    from voicebridge.workers.bookkeeping import twist_log_level
 
     assert twist_log_level(["twist", "--log-level=debug", "voicebridge", "--workers", "2"]) == ["--log-level=debug"]
     assert twist_log_level(["twist", "--log-level", "warn", "voicebridge"]) == ["--log-level", "warn"]

@@ -1,44 +1,38 @@
-"""Calls: one ``Call`` per media stream, and the registry of the calls this process carries.
+"""A call: one ``Call`` per media stream, its state from handshake to stop, and what it logs.
 
 The WebSocket protocol only parses frames and hands them here; everything a call *means*
-(state, context, handler, counters, what gets logged) lives in these plain objects, which
-test with a fake link and a fake clock.
+(state, context, handler, counters, what gets logged) lives in this plain object, which
+tests with a fake link and a fake clock. The registry of calls is ``voicebridge.call.registry``;
+which handler a call gets is decided in ``voicebridge.call.resolve``.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections import Counter
+from typing import TYPE_CHECKING
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from voicebridge import handlers as handler_registry
-from voicebridge.call.capacity import Capacity
+from voicebridge.call.closecodes import (
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_NORMAL,
+    CLOSE_POLICY,
+    CLOSE_UNSUPPORTED_DATA,
+    WEBSOCKET_FAILURES,
+)
 from voicebridge.call.guards import CallGuards
-from voicebridge.call.stats import CallTotals
 from voicebridge.config.file import NoTenant
+from voicebridge.handlers.api import HandlerCall
 from voicebridge.observe.logs import mask_parameters, printable
 from voicebridge.twilio import messages
-from voicebridge.web.connectaction import ConnectActions
+
+if TYPE_CHECKING:
+    from voicebridge.call.registry import CallRegistry
 
 HANDSHAKE = "handshake"
 STARTED = "started"
 STOPPED = "stopped"
-
-# WebSocket close codes voicebridge uses.
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_UNSUPPORTED_DATA = 1003
-CLOSE_POLICY = 1008
-CLOSE_TOO_BIG = 1009
-CLOSE_INTERNAL_ERROR = 1011
-
-# How long the WebSocket close handshake may take (Autobahn's closeHandshakeTimeout for the streams).
-CLOSE_HANDSHAKE_TIMEOUT = 5.0
-
-# What Autobahn closes with when a peer breaks WebSocket itself, as protocol-error reasons.
-WEBSOCKET_FAILURES = {1002: "websocket-protocol", 1007: "invalid-utf8", 1009: "message-too-big"}
 
 log = Logger(namespace="voicebridge.call")
 
@@ -94,6 +88,11 @@ class Call:
             messages.Stop: self._on_stop,
             messages.Unknown: self._on_unknown,
         }
+
+    @property
+    def live(self) -> bool:
+        """Started and not yet stopped: what a handler sends now reaches Twilio."""
+        return self.state == STARTED
 
     # What log lines about this call carry.
     @property
@@ -237,7 +236,9 @@ class Call:
         self.guards.started()
         self.handler_name = handler_name
         try:
-            self.handler = handler_cls(self, options)
+            registry = self.registry
+            surface = HandlerCall(self, registry.clock, registry.connect_actions, registry.settings.auth_token)
+            self.handler = handler_cls(surface, options)
         except Exception:
             self.handler = None
             self.errors["handler-error"] += 1
@@ -470,143 +471,3 @@ class Call:
         if self.end_reason is None:
             self.end_reason = "error"
         self.link.close(CLOSE_INTERNAL_ERROR, "handler error")
-
-
-def resolve_handlers(settings) -> dict:
-    """Load and check every handler the configuration names, so a mistake stops start-up, not a call.
-
-    Returns {tenant id or None: (handler name, class, options)}; raises ValueError or UnknownHandler.
-    Options merge, later winning: the config's [handlers.NAME], flags, the tenant's handler_options.
-    """
-    config = settings.config
-    for name in config.handlers:
-        try:
-            handler_registry.load(name)
-        except handler_registry.UnknownHandler as e:
-            raise handler_registry.UnknownHandler(f"[handlers.{name}]: {e}") from None
-    tenants = [None, *config.tenants.values()]
-    if config.default_tenant is not None:
-        tenants.append(config.default_tenant)
-    resolved = {}
-    for tenant in tenants:
-        name = (tenant.handler if tenant is not None else None) or settings.handler
-        tenant_options = tenant.handler_options if tenant is not None else {}
-        resolved[tenant.id if tenant is not None else None] = _resolve_handler(settings, tenant, name, tenant_options, ())
-    return resolved
-
-
-def _resolve_handler(settings, tenant, name: str, tenant_options: dict, outer: tuple) -> tuple:
-    """One handler's (name, class, options); a handler it wraps is resolved too, into options["inner"].
-
-    A tenant's handler_options are for its handler; options for a handler that one wraps go in a
-    table named after it (``[tenants.b1.handler_options.relay]`` under ``handler = "record"``).
-    """
-    where = f"tenant {tenant.id}" if tenant is not None else "calls without a tenant"
-    if name in outer:
-        raise ValueError(f"handler {name!r} for {where} wraps itself ({' -> '.join((*outer, name))})")
-    cls = handler_registry.load(name)
-    known = handler_registry.available()
-    nested = {k: v for k, v in tenant_options.items() if isinstance(v, dict) and k in known}
-    options = {
-        **settings.config.handlers.get(name, {}),
-        **settings.handler_options.get(name, {}),
-        **{k: v for k, v in tenant_options.items() if k not in nested},
-    }
-    try:
-        options = cls.check_options(options)
-    except ValueError as e:
-        raise ValueError(f"handler {name!r} for {where}: {e}") from None
-    inner = cls.inner_handler(options)
-    for table in nested:
-        if table != inner:
-            raise ValueError(f"{where}: handler_options.{table}: the handler {name!r} does not hand calls to {table!r}")
-    if inner:
-        options = {**options, "inner": _resolve_handler(settings, tenant, inner, nested.get(inner, {}), (*outer, name))}
-    return name, cls, options
-
-
-def handlers_in_use(resolved: dict) -> set[str]:
-    """Every handler name some call can reach, wrapped ones included."""
-    names = set()
-    for entry in resolved.values():
-        while entry:
-            names.add(entry[0])
-            entry = entry[2].get("inner")
-    return names
-
-
-class CallRegistry:
-    """The calls this process carries, and how a call finds its tenant and handler."""
-
-    def __init__(self, settings, clock):
-        self.settings = settings
-        self.clock = clock
-        self.config = settings.config
-        self.show_numbers = settings.show_numbers
-        self.calls: set[Call] = set()
-        self.draining = False
-        self.drained = False  # a worker whose drain is over, waiting for the others: no stream is taken
-        self.totals = CallTotals()  # ended calls, for /metrics
-        self._conns = itertools.count(1)
-        self._handlers = settings.handlers if settings.handlers is not None else resolve_handlers(settings)
-        self.connect_actions = ConnectActions(clock)
-        self.limits = settings.limits
-        self.capacity = Capacity(self.limits.max_calls, clock, self)
-        self.on_census = None  # under --workers: tells the other workers when census() changes
-
-    def route(self, parameters: dict) -> tuple:
-        """(tenant, handler name, handler class, options) for a call with these parameters; raises NoTenant."""
-        tenant = self.config.tenant_for(parameters.get("businessId"), parameters.get("to"))
-        name, cls, options = self._handlers[tenant.id if tenant is not None else None]
-        return tenant, name, cls, options
-
-    def wants_connect_action(self, tenant) -> bool:
-        """Whether the webhook should give this tenant's calls ``<Connect action>`` (see Handler.uses_connect_action)."""
-        name, cls, options = self._handlers[tenant.id if tenant is not None else None]
-        return cls.uses_connect_action(options)
-
-    def new_call(self, link, client: str, query: dict[str, str]) -> Call:
-        call = Call(self, link, client, query, next(self._conns))
-        self.calls.add(call)
-        self.census_changed()
-        return call
-
-    def closed(self, call: Call) -> None:
-        self.calls.discard(call)
-        self.totals.ended(call)
-        self.census_changed()
-
-    def census_changed(self) -> None:
-        if self.on_census is not None:
-            self.on_census()
-
-    def handshake_refused(self, reason: str) -> None:
-        self.totals.refused(reason)
-
-    def webhook_refused(self, endpoint: str, reason: str) -> None:
-        self.totals.webhook_refused(endpoint, reason)
-
-    @property
-    def active(self) -> int:
-        return len(self.calls)
-
-    def census(self) -> tuple[int, int]:
-        """(started, in handshake): the calls that hold a slot."""
-        started = handshaking = 0
-        for call in self.calls:
-            if call.state == STARTED:
-                started += 1
-            elif call.state == HANDSHAKE:
-                handshaking += 1
-        return started, handshaking
-
-    def started_for(self, tenant_id: str) -> int:
-        return self.started_by_tenant().get(tenant_id, 0)
-
-    def started_by_tenant(self) -> dict[str, int]:
-        """Started calls per tenant id (calls without a tenant are not counted against any)."""
-        counts: dict[str, int] = {}
-        for call in self.calls:
-            if call.state == STARTED and call.tenant is not None:
-                counts[call.tenant.id] = counts.get(call.tenant.id, 0) + 1
-        return counts

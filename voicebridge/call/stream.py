@@ -14,7 +14,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
-from voicebridge.call.call import CLOSE_HANDSHAKE_TIMEOUT, CLOSE_NORMAL
+from voicebridge.call.closecodes import CLOSE_HANDSHAKE_TIMEOUT, CLOSE_NORMAL
 from voicebridge.fastpath.wsfast import FastTextFrames
 from voicebridge.observe.logs import mask_url, printable
 from voicebridge.web.publicurl import PublicURLError, RequestView, header

@@ -240,7 +240,7 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
     # --listen ssl:... description -> its tls.ReloadableTLS, built and checked once at start-up.
     tls: dict = field(default_factory=dict, repr=False)
-    # calls.resolve_handlers(this), resolved once at start-up; None: resolve when needed.
+    # call.resolve.resolve_handlers(this), resolved once at start-up; None: resolve when needed.
     handlers: dict | None = field(default=None, repr=False)
     # --redis: voicebridge.fleet.FleetSettings; None: this machine alone.
     fleet: object = None

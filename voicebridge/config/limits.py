@@ -10,8 +10,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
-from twisted.python import usage
-
 KIB = 1024
 
 
@@ -80,17 +78,17 @@ def opt_parameters() -> list:
 
 
 def from_options(options) -> Limits:
-    """Limits from parsed options; raises usage.UsageError naming the flag and its minimum."""
+    """Limits from parsed options; raises ValueError naming the flag and its minimum (tap makes it a usage error)."""
     values = {}
     for flag, attr, _kind, _help in OPTIONS:
         value = options[flag]
         if value is None:
             continue
         if attr in _MAXIMUM and not (math.isfinite(value) and _MINIMUM[attr] <= value <= _MAXIMUM[attr]):
-            raise usage.UsageError(f"--{flag} must be between {_MINIMUM[attr]:g} and {_MAXIMUM[attr]:g}, got {value}")
+            raise ValueError(f"--{flag} must be between {_MINIMUM[attr]:g} and {_MAXIMUM[attr]:g}, got {value}")
         if not math.isfinite(value) or value < _MINIMUM[attr]:
-            raise usage.UsageError(f"--{flag} must be at least {_MINIMUM[attr]}, got {value}")
+            raise ValueError(f"--{flag} must be at least {_MINIMUM[attr]}, got {value}")
         if attr == "ping_interval" and 0 < value < 1:
-            raise usage.UsageError(f"--{flag} must be 0 (no pings) or at least 1, got {value}")
+            raise ValueError(f"--{flag} must be 0 (no pings) or at least 1, got {value}")
         values[attr] = value
     return Limits(**values)

@@ -7,7 +7,8 @@ answered just before the drain still has its stream taken, and is waited for lik
 timeout closes them with 1001. ``cut()`` (a second SIGTERM or SIGINT) closes them at once.
 
 Either way the calls told 1001 are then given ``grace`` to finish: their close handshake, and
-their handlers' own ending (a relay closing its application, a recording being saved). The drain
+their handlers' own ending (a relay closing its application, a recording being saved), as long
+as the handlers in use declare (``Handler.close_grace``, read through the registry). The drain
 waits on each call's ``finished``; it never sleeps a fixed time.
 """
 
@@ -16,19 +17,28 @@ from __future__ import annotations
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from voicebridge.call.call import CLOSE_GOING_AWAY, CLOSE_HANDSHAKE_TIMEOUT
+from voicebridge.call.closecodes import CLOSE_GOING_AWAY, CLOSE_HANDSHAKE_TIMEOUT
 from voicebridge.config.limits import Limits
 from voicebridge.daemon.notify import notify
-from voicebridge.handlers.relay import CLOSE_GRACE
 
 log = Logger(namespace="voicebridge.service")
 
 # How long after the webhook answered <Connect> a drain waits for the call's stream to connect
 # (Twilio connects within a second or two). Its handshake is taken for as long as the process runs.
 ANSWER_WAIT = 10.0
-# After 1001: the WebSocket close handshake, then a relay's close to its application, then a margin
-# for a handler that saves (a recording's fsync and rename).
-GRACE = CLOSE_HANDSHAKE_TIMEOUT + CLOSE_GRACE + 2.0
+# After 1001, every handler gets at least this long to finish (beyond the close handshake): what the
+# built-ins need at most, a relay's 5 s close to its application and a recording's 2 s save after it.
+HANDLER_GRACE = 7.0
+
+
+def grace_for(handler_grace: float) -> float:
+    """How long calls told 1001 may take to finish: the WebSocket close handshake, then their handlers'
+    own ending, as long as the slowest handler in use declares (``Handler.close_grace``), 7 s at least."""
+    return CLOSE_HANDSHAKE_TIMEOUT + max(HANDLER_GRACE, handler_grace)
+
+
+# The grace with the built-in handlers (12 s): deployments' stop timeouts are set above the drain plus this.
+GRACE = grace_for(0.0)
 
 
 class Drain:
@@ -38,6 +48,7 @@ class Drain:
 
     def __init__(self, registry, clock, timeout: float = Limits.drain_timeout):
         self.registry = registry
+        self.grace = grace_for(getattr(registry, "close_grace", 0.0))
         self.clock = clock
         self.timeout = timeout
         self.started_at: float | None = None

@@ -1,4 +1,9 @@
-"""``twist voicebridge`` / ``twistd voicebridge``: the options and the service tree."""
+"""``twist voicebridge`` / ``twistd voicebridge``: the options, and which service tree they make.
+
+``makeService`` only picks one of three trees; each is built by its own function below:
+the daemon on its own (``single_service``), under ``--workers`` the supervisor
+(``supervisor_service``), or one of its workers (``worker_service``).
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,21 @@ import sys
 from twisted.python import usage
 
 from voicebridge import fleet, handlers
-from voicebridge.call.call import handlers_in_use, resolve_handlers
+from voicebridge.call.registry import CallRegistry
+from voicebridge.call.resolve import handlers_in_use, resolve_handlers
 from voicebridge.config import limits
 from voicebridge.config.file import DEFAULT_HANDLER, Config, ConfigError, Settings, load_config, read_auth_token
+from voicebridge.daemon.service import AdoptedListenService, VoiceBridgeService
+from voicebridge.daemon.signals import ProcessSignals
+from voicebridge.fastpath import leanloop
 from voicebridge.tls import listen as tls
+from voicebridge.web.admission import Admission
 from voicebridge.web.publicurl import PublicURLError, PublicURLs, TrustedProxies, parse_public_url
+from voicebridge.web.site import build_site
+from voicebridge.workers import sockets
+from voicebridge.workers.bookkeeping import worker_count
+from voicebridge.workers.peers import SupervisorLink, WorkerSpec, worker_spec
+from voicebridge.workers.supervisor import Supervisor
 
 DEFAULT_PORT = 8080
 
@@ -122,16 +137,16 @@ class Options(usage.Options):
                     raise usage.UsageError(str(e)) from None
         self["worker_count"] = None
         if self["workers"] is not None:
-            from voicebridge.workers import sockets
-            from voicebridge.workers.supervisor import worker_count
-
             try:
                 self["worker_count"] = worker_count(self["workers"])
                 for description in self["listen"]:
                     sockets.parse_listen(description)
             except ValueError as e:
                 raise usage.UsageError(str(e)) from None
-        self["limits"] = limits.from_options(self)
+        try:
+            self["limits"] = limits.from_options(self)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
         self["fleet"] = fleet.from_options(self)
         try:
             self["control_token"] = (
@@ -182,35 +197,45 @@ class Options(usage.Options):
 def makeService(options, reactor=None):
     """One of three trees: the daemon on its own; under ``--workers``, the supervisor; or one of its workers."""
     if reactor is None:
-        from twisted.internet import reactor
-    from voicebridge.call.call import CallRegistry
-    from voicebridge.daemon.service import AdoptedListenService, VoiceBridgeService
-    from voicebridge.daemon.signals import ProcessSignals
-    from voicebridge.fastpath import leanloop
-    from voicebridge.web.admission import Admission
-    from voicebridge.web.site import build_site
-    from voicebridge.workers.peers import SupervisorLink, worker_spec
-
+        from twisted.internet import reactor  # the one twistd installed: imported only once it has
     settings = options.settings()
     spec = worker_spec()
     if spec is None and options["worker_count"]:
-        from voicebridge.workers.supervisor import Supervisor
-
-        supervisor = Supervisor(settings, options.argv, options["worker_count"], reactor)
-        ProcessSignals(reactor, supervisor.cut, supervisor.reload).setServiceParent(supervisor)
-        return supervisor
-
+        return supervisor_service(settings, options.argv, options["worker_count"], reactor)
     leanloop.install(reactor)  # a tenth of the CPU at load: see voicebridge/fastpath/leanloop.py
+    if spec is None:
+        return single_service(settings, reactor)
+    return worker_service(settings, spec, reactor)
+
+
+def supervisor_service(settings: Settings, argv: list[str], count: int, reactor) -> Supervisor:
+    """``--workers``: binds the ports and keeps ``count`` workers; serves nothing itself."""
+    supervisor = Supervisor(settings, argv, count, reactor)
+    ProcessSignals(reactor, supervisor.cut, supervisor.reload).setServiceParent(supervisor)
+    return supervisor
+
+
+def _serving_parts(settings: Settings, reactor):
+    """What a serving process is made of: public URLs, the registry of calls, admission, the Site."""
     urls = PublicURLs(settings.public_url, TrustedProxies(settings.trusted_proxies))
     registry = CallRegistry(settings, reactor)
     admission = Admission(settings, registry)
     site = build_site(settings, registry, admission, urls)
-    if spec is None:
-        service = VoiceBridgeService(settings, registry, site, admission, urls, reactor)
-        ProcessSignals(reactor, service.drain.cut, service.reload).setServiceParent(service)
-        fleet.install(settings, registry, admission, site, service, reactor)
-        return service
+    return urls, registry, admission, site
 
+
+def single_service(settings: Settings, reactor) -> VoiceBridgeService:
+    """The daemon on its own: it binds its ports and takes its signals."""
+    urls, registry, admission, site = _serving_parts(settings, reactor)
+    service = VoiceBridgeService(settings, registry, site, admission, urls, reactor)
+    ProcessSignals(reactor, service.drain.cut, service.reload).setServiceParent(service)
+    fleet.install(settings, registry, admission, site, service, reactor)
+    return service
+
+
+def worker_service(settings: Settings, spec: WorkerSpec, reactor) -> VoiceBridgeService:
+    """One worker under a supervisor: it serves on the sockets it was handed, and hears its signals through the link."""
+    urls, registry, admission, site = _serving_parts(settings, reactor)
     signals = ProcessSignals(reactor, lambda: service.drain.cut(), lambda: service.reload(), supervised=True)
     link = SupervisorLink(
         spec,

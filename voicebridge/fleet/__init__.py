@@ -1,5 +1,7 @@
 """A fleet of machines behind any load balancer, with Redis as the one shared engine (``--redis``).
 
+This module loads no Twisted at import (``slots`` is pure, and is reached through it).
+
 ``slots`` (keys and Lua scripts, pure), ``client`` (the Redis connection), ``leases`` (this
 machine's reservations, claims and leases), ``control`` (the call-control API). Without
 ``--redis`` none of it is loaded, and the daemon is the one machine it always was.
@@ -8,9 +10,6 @@ machine's reservations, claims and leases), ``control`` (the call-control API). 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-from twisted.application.service import Service
-from twisted.python import usage
 
 UNAVAILABLE_POLICIES = ("admit", "busy")
 DEFAULT_LEASE = 15.0
@@ -47,6 +46,8 @@ OPTIONS = [
 
 def from_options(options) -> FleetSettings | None:
     """The fleet's settings, or None without ``--redis``; raises usage.UsageError naming the flag."""
+    from twisted.python import usage
+
     if options["redis-unavailable"] not in UNAVAILABLE_POLICIES:
         raise usage.UsageError(f"--redis-unavailable must be admit or busy, not {options['redis-unavailable']!r}")
     if not options["redis"]:
@@ -79,28 +80,11 @@ def from_options(options) -> FleetSettings | None:
     return FleetSettings(url, options["redis-unavailable"], lease, options["fleet-max-calls"], name, options["redis-ca"])
 
 
-class FleetService(Service):
-    """Joins the fleet when the daemon starts; leaves (releasing its slots) after the drain."""
-
-    name = "fleet"
-
-    def __init__(self, fleet):
-        self.fleet = fleet
-
-    def startService(self):
-        super().startService()
-        self.fleet.start()
-
-    def stopService(self):
-        super().stopService()
-        return self.fleet.stop()
-
-
 def install(settings, registry, admission, site, service, reactor) -> None:
     """Wire the fleet (``--redis``) and the call-control API (``--control-token-file``) into one daemon process."""
     fleet = None
     if settings.fleet is not None:
-        from voicebridge.fleet.leases import Fleet
+        from voicebridge.fleet.leases import Fleet, FleetService
 
         config = settings.fleet
         fleet = Fleet(

@@ -25,6 +25,7 @@ import json
 import os
 import socket
 
+from twisted.application.service import Service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
@@ -294,6 +295,23 @@ class Fleet:
 
     def collector(self):
         return FleetCollector(self)
+
+
+class FleetService(Service):
+    """Joins the fleet when the daemon starts; leaves (releasing its slots) after the drain."""
+
+    name = "fleet"
+
+    def __init__(self, fleet: Fleet):
+        self.fleet = fleet
+
+    def startService(self):
+        super().startService()
+        self.fleet.start()
+
+    def stopService(self):
+        super().stopService()
+        return self.fleet.stop()
 
 
 class FleetCollector:

@@ -1,9 +1,11 @@
-"""Call handlers: where a call's audio goes.
+"""Call handlers: where a call's audio goes. This module is their registry.
 
-A handler lives for one call. It hears the call's events and talks back through the call
-(``send_audio``, ``send_mark``, ``clear``, ``hangup``). Built-in handlers are listed in
-``BUILTIN``; third-party ones register under the ``voicebridge.handlers`` entry point group.
-Both are found through ``load()``.
+A handler lives for one call. It hears the call's events and talks back through the call; what
+it may use is the handler API, ``voicebridge.handlers.api`` (``Handler`` is importable from here
+too, as handlers written before that module do). Built-in handlers are listed in ``BUILTIN``;
+third-party ones register under the ``voicebridge.handlers`` entry point group. Both are found
+through ``load()``. The registry itself is pure: the API (and Twisted with it) is imported only
+when a handler is.
 """
 
 from __future__ import annotations
@@ -25,59 +27,13 @@ class UnknownHandler(LookupError):
     pass
 
 
-class Handler:
-    """Base class: override the events you need; each gets the call's context through ``self.call``."""
+def __getattr__(name: str):
+    """``voicebridge.handlers.Handler``: the old import path of the base class, loaded when first asked for."""
+    if name in ("Handler", "HandlerCall"):
+        from voicebridge.handlers import api
 
-    # True for a handler that forwards Twilio's frames byte for byte (relay): during each event the
-    # frame being handled is ``self.call.frame``, and ``self.call.opening_frames`` holds ``connected``
-    # and ``start`` as received. Other handlers leave it False, and their calls pay nothing for it.
-    wants_frames = False
-
-    def __init__(self, call, options: dict):
-        self.call = call
-        self.options = options
-
-    @classmethod
-    def check_options(cls, options: dict) -> dict:
-        """Validate (and normalize) options at start-up; raise ValueError with a precise message."""
-        return options
-
-    @classmethod
-    def inner_handler(cls, options: dict) -> str | None:
-        """The handler this one hands the call on to, if it wraps one (record records another handler's call).
-
-        Its options are resolved like any handler's, for the same tenant, and given to this one as
-        ``options["inner"] = (name, class, options)``.
-        """
-        return None
-
-    @classmethod
-    def uses_connect_action(cls, options: dict) -> bool:
-        """True if this handler may decide what Twilio does after the stream ends (relay's spoken fallback).
-
-        The webhook then answers ``<Connect action=".../connect-action">`` for its calls.
-        """
-        return False
-
-    def on_start(self, start) -> None:
-        """Twilio's ``start`` arrived; ``self.call.parameters`` holds the call's context."""
-
-    def on_media(self, audio: bytes, timestamp: int) -> None:
-        """20 ms of the caller's mu-law audio; ``timestamp`` is milliseconds since the stream began."""
-
-    def on_dtmf(self, digit: str) -> None:
-        pass
-
-    def on_mark(self, name: str) -> None:
-        """Audio sent before ``send_mark(name)`` has played (or was cleared)."""
-
-    def on_stop(self, reason: str):
-        """The stream ended: ``reason`` is the call's end reason, as ``call.ended`` logs it: ``stop`` (Twilio's),
-        ``closed``, ``hangup``, ``error``, ``shutdown`` (a drain closed it), a bound (``idle-timeout``,
-        ``max-duration``, ``slow-reader``, ``message-too-big``, ...) or a handler's own (``relay-failed``).
-
-        May return a Deferred; the call is not forgotten until it fires.
-        """
+        return getattr(api, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _spec_load(spec: str):

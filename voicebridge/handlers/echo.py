@@ -4,7 +4,7 @@ It proves the whole path (Twilio, proxy, TLS, WebSocket, both directions) with n
 and no application behind it.
 """
 
-from voicebridge.handlers import Handler
+from voicebridge.handlers.api import Handler
 
 
 class EchoHandler(Handler):

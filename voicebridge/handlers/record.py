@@ -13,14 +13,14 @@ import os
 
 from twisted.internet import defer, threads
 from twisted.internet.interfaces import IReactorThreads
-from twisted.logger import Logger
 
 from voicebridge.audio.recording import SAMPLES_PER_MS, Recording, safe_name
-from voicebridge.handlers import Handler
+from voicebridge.handlers.api import Handler, Logger
 
 log = Logger(namespace="voicebridge.record")
 
 OPTIONS = {"dir", "handler"}
+SAVE_GRACE = 2.0  # at shutdown, beyond what the recorded handler needs: the WAV's fsync and rename, then the sidecar's
 
 
 def _iso(seconds: float | None) -> str | None:
@@ -58,6 +58,11 @@ class RecordHandler(Handler):
     def uses_connect_action(cls, options: dict) -> bool:
         inner = options.get("inner")
         return bool(inner and inner[1].uses_connect_action(inner[2]))
+
+    @classmethod
+    def close_grace(cls, options: dict) -> float:
+        inner = options.get("inner")
+        return SAVE_GRACE + (inner[1].close_grace(inner[2]) if inner else 0.0)
 
     def __init__(self, call, options: dict):
         super().__init__(call, options)
@@ -136,7 +141,7 @@ class RecordHandler(Handler):
 
     def _save(self, reason: str):
         recording, call = self.recording, self.call
-        clock = call.registry.clock
+        clock = call.clock
         sidecar = {
             "callSid": call.call_sid,
             "streamSid": call.stream_sid,

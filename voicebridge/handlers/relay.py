@@ -34,16 +34,10 @@ from OpenSSL import SSL
 from service_identity import VerificationError
 from twisted.internet import defer, error
 from twisted.internet.interfaces import IPushProducer
-from twisted.logger import Logger
 from zope.interface import implementer
 
-from voicebridge import __version__
-from voicebridge.call.call import STARTED
-from voicebridge.handlers import Handler
-from voicebridge.net.wsclient import endpoint_for, load_trust_root
-from voicebridge.observe.logs import printable, redact_url
+from voicebridge.handlers.api import USER_AGENT, Handler, Logger, endpoint_for, load_trust_root, printable, redact_url
 from voicebridge.twilio import messages
-from voicebridge.twilio.signatures import SignatureChecker
 
 log = Logger(namespace="voicebridge.relay")
 
@@ -121,9 +115,13 @@ class RelayHandler(Handler):
     def uses_connect_action(cls, options: dict) -> bool:
         return options["fallback"] == "say"
 
+    @classmethod
+    def close_grace(cls, options: dict) -> float:
+        return CLOSE_GRACE
+
     def __init__(self, call, options: dict):
         super().__init__(call, options)
-        self.reactor = call.registry.clock
+        self.reactor = call.clock
         self.url = options["url"]
         self.state: str | None = None
         self.upstream: UpstreamProtocol | None = None
@@ -200,10 +198,10 @@ class RelayHandler(Handler):
     def _connect(self) -> None:
         options = self.options
         headers = {}
-        token = self.call.registry.settings.auth_token
-        if token:
-            headers["X-Twilio-Signature"] = SignatureChecker(token).sign(self.url)
-        factory = UpstreamFactory(self.url, headers=headers, useragent=f"voicebridge/{__version__} relay", reactor=self.reactor)
+        signature = self.call.twilio_signature(self.url)
+        if signature:
+            headers["X-Twilio-Signature"] = signature
+        factory = UpstreamFactory(self.url, headers=headers, useragent=f"{USER_AGENT} relay", reactor=self.reactor)
         factory.relay = self
         factory.setProtocolOptions(
             openHandshakeTimeout=0,  # ours, below, also covers TLS
@@ -353,10 +351,11 @@ class RelayHandler(Handler):
             **call.ids,
         )
         self._abort()
-        if call.state == STARTED:
+        if call.live:
             if fallback == "say":
-                call.registry.connect_actions.say_and_hang_up(call.call_sid, self.options["message"], reason)
-            call.hangup("relay-failed")
+                call.say_and_hang_up(self.options["message"], reason, "relay-failed")
+            else:
+                call.hangup("relay-failed")
 
     def _abort(self) -> None:
         if self._connecting is not None:

@@ -35,7 +35,7 @@ def run(args) -> int:
     from voicebridge.daemon.tap import Options
 
     options = Options()
-    try:  # the daemon's own parsing, which resolves every handler (calls.resolve_handlers) as start-up does
+    try:  # the daemon's own parsing, which resolves every handler (call.resolve.resolve_handlers) as start-up does
         options.parseOptions(["--config", args.file, *args.options])
     except (usage.UsageError, ValueError, LookupError) as e:
         print(f"voicebridge check-config: {e}", file=sys.stderr)

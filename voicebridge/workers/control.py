@@ -1,7 +1,8 @@
 """The messages between a supervisor and its workers (``--workers``): one JSON object per line.
 
-``encode``, ``LineDecoder`` and ``deliver`` do no I/O (``deliver`` logs), so both ends (a pipe
-pair each way, set up by ``spawnProcess``) and the tests share them. Messages are rare (per
+Pure: ``encode``, ``LineDecoder`` and ``problem`` do no I/O and import no Twisted, so both ends (a
+pipe pair each way, set up by ``spawnProcess``) and the tests share them; ``peers.deliver`` logs
+what they find wrong. Messages are rare (per
 call, per scrape, per signal), never per frame.
 
 Worker to supervisor: ``ready``, ``census`` (its started and handshaking calls, per tenant),
@@ -14,9 +15,6 @@ Supervisor to worker: ``peers`` (the other workers' census), ``reserve`` and ``c
 from __future__ import annotations
 
 import orjson
-from twisted.logger import Logger
-
-log = Logger(namespace="voicebridge.control")
 
 # A scrape's families from a worker with many tenants fit easily; anything longer is a broken peer.
 MAX_LINE = 16 * 1024 * 1024
@@ -129,28 +127,3 @@ class LineDecoder:
             else:
                 problems.append(wrong)
         return messages, problems
-
-
-def deliver(decoder: LineDecoder, data: bytes, handle, sender: str, **fields) -> None:
-    """Hand each whole message in ``data`` to ``handle``. What is wrong with a line, or what ``handle``
-    raises, is logged naming the ``sender`` and dropped: one bad message never cuts the pipe."""
-    messages, problems = decoder.feed(data)
-    for wrong in problems:
-        log.error(
-            "bad control message from {sender}: {problem}",
-            event_name="worker.control_error",
-            sender=sender,
-            problem=wrong,
-            **fields,
-        )
-    for message in messages:
-        try:
-            handle(message)
-        except Exception:
-            log.failure(
-                "control message {op} from {sender} failed",
-                event_name="worker.control_error",
-                sender=sender,
-                op=message["op"],
-                **fields,
-            )

@@ -28,6 +28,7 @@ from voicebridge.observe.logs import printable
 from voicebridge.workers import control
 
 log = Logger(namespace="voicebridge.worker")
+control_log = Logger(namespace="voicebridge.control")
 
 ENVIRONMENT = "VOICEBRIDGE_WORKER"
 METRICS_TIMEOUT = 2.0  # the supervisor's own wait for the other workers is shorter (supervisor.METRICS_WAIT)
@@ -82,7 +83,7 @@ class _ControlProtocol(protocol.Protocol):
         self.link.attach(self.transport)
 
     def dataReceived(self, data):
-        control.deliver(self.decoder, data, self.link.received, "the supervisor")
+        deliver(self.decoder, data, self.link.received, "the supervisor")
 
     def connectionLost(self, reason):
         self.link.supervisor_gone()
@@ -249,3 +250,28 @@ class SupervisorLink(Service):
             return result
 
         return gather.addBoth(done)
+
+
+def deliver(decoder: control.LineDecoder, data: bytes, handle, sender: str, **fields) -> None:
+    """Hand each whole message in ``data`` to ``handle``. What is wrong with a line, or what ``handle``
+    raises, is logged naming the ``sender`` and dropped: one bad message never cuts the pipe."""
+    messages, problems = decoder.feed(data)
+    for wrong in problems:
+        control_log.error(
+            "bad control message from {sender}: {problem}",
+            event_name="worker.control_error",
+            sender=sender,
+            problem=wrong,
+            **fields,
+        )
+    for message in messages:
+        try:
+            handle(message)
+        except Exception:
+            control_log.failure(
+                "control message {op} from {sender} failed",
+                event_name="worker.control_error",
+                sender=sender,
+                op=message["op"],
+                **fields,
+            )

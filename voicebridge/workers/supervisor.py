@@ -15,6 +15,9 @@ options, and ``VOICEBRIDGE_WORKER`` naming their sockets and control pipes
   the certificates in each;
 - re-emits each worker's log events with ``worker`` and ``worker_pid`` added, in its own format;
 - tells systemd READY=1 once every worker listens, and STOPPING=1 when the drain begins.
+
+What it knows of the workers and what it must tell whom (census, reservations, restart delays)
+is decided by the pure ``voicebridge/workers/bookkeeping.py``; this module does the I/O.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ import itertools
 import os
 import socket
 import sys
-from collections import Counter
 from dataclasses import dataclass, field
 
 from twisted.application.service import MultiService
@@ -32,62 +34,32 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger, eventFromJSON, globalLogPublisher
 
-from voicebridge.call.capacity import Reservations
-from voicebridge.daemon.drain import GRACE
+from voicebridge.call.resolve import close_grace, resolve_handlers
+from voicebridge.daemon.drain import grace_for
 from voicebridge.daemon.notify import notify
 from voicebridge.daemon.service import banner, describe_address, listen_now
 from voicebridge.observe.logs import printable
 from voicebridge.web.admission import Admission
 from voicebridge.web.publicurl import PublicURLs, TrustedProxies
 from voicebridge.workers import control, sockets
-from voicebridge.workers.peers import ENVIRONMENT, WorkerSpec
+from voicebridge.workers.bookkeeping import Books, WorkerState, twist_log_level
+from voicebridge.workers.peers import ENVIRONMENT, WorkerSpec, deliver
 
 log = Logger(namespace="voicebridge.supervisor")
 
 CONTROL_IN, CONTROL_OUT = 0, 3  # a worker's fds: commands in, messages out (1 and 2 are its log and stderr)
 FIRST_SOCKET_FD = 4
-RESTART_FIRST, RESTART_MAX = 1.0, 30.0
-STABLE_SECONDS = 60.0  # a worker that ran this long is restarted after RESTART_FIRST again
 METRICS_WAIT = 1.5  # for the other workers' families (a worker waits peers.METRICS_TIMEOUT for the answer)
 KILL_MARGIN = 15.0  # past the drain timeout and its grace, workers still running are killed
 NOT_FOR_WORKERS = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")  # the supervisor's alone
 
 
-def worker_count(value: str) -> int:
-    """``--workers``: a number, or ``auto`` for one per core this process may run on."""
-    value = str(value).strip().lower()
-    if value == "auto":
-        try:
-            return len(os.sched_getaffinity(0))
-        except OSError:  # a seccomp filter that refuses it
-            return os.cpu_count() or 1
-    if not value.isdigit() or int(value) < 1:
-        raise ValueError(f"--workers {value!r}: a number of processes (1 or more), or auto (one per core)")
-    return int(value)
-
-
-def twist_log_level(argv: list[str]) -> list[str]:
-    """twist's own ``--log-level`` (before the plugin's name in ``argv``), to pass on to the workers."""
-    for i, arg in enumerate(argv[1:], 1):
-        if arg == "voicebridge":
-            break
-        if arg.startswith("--log-level="):
-            return [arg]
-        if arg == "--log-level" and i + 1 < len(argv):
-            return [arg, argv[i + 1]]
-    return []
-
-
-class WorkerProcess(protocol.ProcessProtocol):
-    """One worker as the supervisor sees it: its pipes, its state, its census."""
+class WorkerProcess(WorkerState, protocol.ProcessProtocol):
+    """One worker as the supervisor sees it: its pipes; its state and census are the books' (``WorkerState``)."""
 
     def __init__(self, supervisor: Supervisor, index: int, started_at: float):
+        super().__init__(index, started_at)
         self.supervisor = supervisor
-        self.index = index
-        self.started_at = started_at
-        self.pid: int | None = None
-        self.ready = self.drained = self.ended = False
-        self.census = control.NO_CENSUS
         self._control = control.LineDecoder()
         self._log = control.Lines()
         self._stderr = control.Lines()
@@ -98,7 +70,7 @@ class WorkerProcess(protocol.ProcessProtocol):
     def childDataReceived(self, fd, data):
         if fd == CONTROL_OUT:
             received = lambda message: self.supervisor.received(self, message)  # noqa: E731
-            control.deliver(self._control, data, received, f"worker {self.index}", worker=self.index)
+            deliver(self._control, data, received, f"worker {self.index}", worker=self.index)
         elif fd == 1:
             for line in self._log.feed(data):
                 self.supervisor.relay_log(self, line)
@@ -149,14 +121,12 @@ class Supervisor(MultiService):
         self.ports: dict[int, int] = {}  # spec index -> the port of its per-worker sockets (port 0 picks it once)
         self.shared: dict[int, object] = {}  # spec index -> listening port of a shared socket, never accepting
         self.unclaimed: dict[tuple[int, int], object] = {}  # (slot, spec index) -> socket bound at start-up
-        self.workers: list[WorkerProcess | None] = [None] * count
+        self.books = Books(count, reactor)
         self.restarts: dict[int, object] = {}  # slot -> the delayed restart
-        self.backoff = [RESTART_FIRST] * count
         self.stopping = self.announced = False
         self.bound_as: int | None = None  # the user the ports were bound as (privilegedStartService), once bound
         self._waiter: defer.Deferred | None = None
         self._gathers: dict[int, _Gather] = {}
-        self.reservations = Reservations(reactor)  # the workers' reservations, for a worker that starts late
         self._gather_ids = itertools.count(1)
 
     # Start-up.
@@ -265,15 +235,24 @@ class Supervisor(MultiService):
         self.workers[slot] = worker
         log.info("worker {worker} started, pid {pid}", event_name="worker.started", worker=slot, pid=worker.pid)
 
+    @property
+    def workers(self) -> list[WorkerProcess | None]:
+        return self.books.workers
+
+    @workers.setter
+    def workers(self, workers: list[WorkerProcess | None]) -> None:
+        self.books.workers = workers
+
     def _next_delay(self, slot: int, uptime: float) -> float:
-        if uptime >= STABLE_SECONDS:
-            self.backoff[slot] = RESTART_FIRST
-        delay = self.backoff[slot]
-        self.backoff[slot] = min(delay * 2, RESTART_MAX)
-        return delay
+        return self.books.backoff.next(slot, uptime)
 
     def live(self) -> list[WorkerProcess]:
-        return [w for w in self.workers if w is not None and not w.ended]
+        return self.books.live()
+
+    @staticmethod
+    def _send(messages: list[tuple]) -> None:
+        for worker, message in messages:
+            worker.send(message)
 
     # What the workers say.
 
@@ -281,25 +260,15 @@ class Supervisor(MultiService):
         """``message`` has passed ``control.problem``: its fields are there, with their types."""
         op = message["op"]
         if op == "ready":
-            worker.ready = True
-            worker.send(self._peers_of(worker, self._machine_census()))
-            for sid, tenant_id, seconds in self.reservations.remaining():  # made before it was there
-                worker.send({"op": "reserve", "sid": sid, "tenant": tenant_id, "seconds": seconds})
+            self._send(self.books.ready(worker))
             log.info("worker {worker} ready", event_name="worker.ready", worker=worker.index, pid=worker.pid)
-            if not (self.announced or self.stopping) and all(w is not None and w.ready for w in self.workers):
+            if not (self.announced or self.stopping) and self.books.all_ready():
                 self.announced = True
                 self._announce()
         elif op == "census":
-            worker.census = {k: message[k] for k in control.CENSUS}
-            self._tell_census()
+            self._send(self.books.census(worker, message))
         elif op in ("reserve", "claim"):
-            if op == "reserve":
-                self.reservations.heard(message["sid"], message["tenant"], message["seconds"])
-            else:
-                self.reservations.claim(message["sid"])
-            for other in self.live():
-                if other is not worker:
-                    other.send(message)
+            self._send(self.books.reservation(worker, message))
         elif op == "metrics-request":
             self._gather(worker, message["id"])
         elif op == "metrics":
@@ -321,33 +290,6 @@ class Supervisor(MultiService):
         addresses = self.addresses()
         banner(self.settings, self.urls, Admission(self.settings).enforcing, addresses, ports, workers=self.count)
         notify("READY=1", f"STATUS={self.count} worker(s) listening on {', '.join(addresses)}")
-
-    def _machine_census(self) -> tuple[int, int, Counter]:
-        """Every live worker's census, summed: (started, handshaking, started per tenant)."""
-        started = handshaking = 0
-        tenants: Counter = Counter()
-        for worker in self.live():
-            started += worker.census["started"]
-            handshaking += worker.census["handshaking"]
-            tenants.update(worker.census["tenants"])
-        return started, handshaking, tenants
-
-    @staticmethod
-    def _peers_of(worker: WorkerProcess, machine: tuple[int, int, Counter]) -> dict:
-        """The other workers' census, summed: the machine's less ``worker``'s own (tenants at 0 left out)."""
-        started, handshaking, tenants = machine
-        own = worker.census
-        return {
-            "op": "peers",
-            "started": started - own["started"],
-            "handshaking": handshaking - own["handshaking"],
-            "tenants": dict(tenants - Counter(own["tenants"])),
-        }
-
-    def _tell_census(self) -> None:
-        machine = self._machine_census()  # once, not once per worker
-        for worker in self.live():
-            worker.send(self._peers_of(worker, machine))
 
     def _gather(self, asker: WorkerProcess, request_id) -> None:
         others = [w for w in self.live() if w is not asker and w.ready]
@@ -408,9 +350,7 @@ class Supervisor(MultiService):
             )
 
     def worker_ended(self, worker: WorkerProcess, status) -> None:
-        if self.workers[worker.index] is worker:
-            self.workers[worker.index] = None
-        self._tell_census()
+        self._send(self.books.ended(worker))
         for gather_id, gather in list(self._gathers.items()):
             gather.waiting.discard(worker.index)
             if not gather.waiting:
@@ -455,6 +395,11 @@ class Supervisor(MultiService):
             self._waiter = defer.Deferred()
             yield self._waiter
 
+    def _drain_grace(self) -> float:
+        """The workers' drain grace: the same handlers, so the same as each worker's (voicebridge/daemon/drain.py)."""
+        resolved = self.settings.handlers if self.settings.handlers is not None else resolve_handlers(self.settings)
+        return grace_for(close_grace(resolved))
+
     def _kill(self) -> None:
         for worker in self.live():
             log.warn(
@@ -483,9 +428,9 @@ class Supervisor(MultiService):
         log.info("draining {count} worker(s)", event_name="supervisor.draining", count=len(running))
         for worker in running:
             worker.send({"op": "drain"})
-        killer = self.reactor.callLater(self.settings.limits.drain_timeout + GRACE + KILL_MARGIN, self._kill)
+        killer = self.reactor.callLater(self.settings.limits.drain_timeout + self._drain_grace() + KILL_MARGIN, self._kill)
         # Every worker keeps answering 503 until the last has drained; then they exit together.
-        yield self._until(lambda: all(w.drained for w in self.live()))
+        yield self._until(self.books.all_drained)
         for worker in self.live():
             worker.send({"op": "exit"})
         yield self._until(lambda: not self.live())
