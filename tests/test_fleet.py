@@ -208,7 +208,7 @@ def test_redis_restarted_under_twenty_live_calls_cuts_none_and_the_counts_come_b
     calls = []
     for n, sid in enumerate(sids):
         body = yield in_thread(f.webhook, sid, "+15550100002")
-        calls.append(f.play(reactor, sid, body, n % 3, frames=500))  # 10 s of media each
+        calls.append(f.play(reactor, sid, body, n % 3, frames=1000))  # 20 s of media each: the restart falls inside
     yield in_thread(wait_until, lambda: len([c for c in f.redis.calls().values() if c["s"] == "started"]) == 20, 10)
 
     f.redis.stop(signal.SIGKILL)
@@ -230,7 +230,7 @@ def test_redis_restarted_under_twenty_live_calls_cuts_none_and_the_counts_come_b
 
     outcomes = yield defer.gatherResults(calls)
     for outcome in outcomes:
-        assert outcome.close_code == 1000 and len(outcome.received) == 500, "no call cut, no frame lost"
+        assert outcome.close_code == 1000 and len(outcome.received) == 1000, "no call cut, no frame lost"
     assert all(m.proc.poll() is None for m in f.machines), "no machine crashed"
     yield in_thread(wait_until, lambda: set(f.redis.live_slots()) == {"CA" + "6" * 32}, 10)
 
