@@ -236,7 +236,7 @@ def test_redis_restarted_under_twenty_live_calls_cuts_none_and_the_counts_come_b
 
 
 @pytest_twisted.inlineCallbacks
-def test_call_control_on_one_machine_hangs_up_a_call_another_holds(fleet):
+def test_call_control_on_one_machine_hangs_up_a_call_another_holds(fleet, tmp_path):
     from twisted.internet import reactor
 
     f = yield in_thread(fleet)
@@ -249,12 +249,20 @@ def test_call_control_on_one_machine_hangs_up_a_call_another_holds(fleet):
     assert listed.returncode == 0 and sid in listed.stdout and f.names[0] in listed.stdout, listed
     marked = yield in_thread(f.control, 2, "mark", sid, "checkpoint")
     assert marked.returncode == 0, marked.stderr
+    sound = tmp_path / "prompt.ulaw"
+    sound.write_bytes(b"\x55" * 480)  # 60 ms of mu-law: three frames no echo carries
+    played = yield in_thread(f.control, 2, "play", sid, str(sound), "--mark", "prompt-done")
+    assert played.returncode == 0 and "seconds=0.06" in played.stdout, (played.stdout, played.stderr)
+    cleared = yield in_thread(f.control, 1, "clear", sid)
+    assert cleared.returncode == 0, cleared.stderr
     refused = yield in_thread(lambda: request(f.machines[2].port, "GET", "/calls"))
     assert refused[0] == 401
     hung = yield in_thread(f.control, 2, "hangup", sid)
     assert hung.returncode == 0 and f"machine={f.names[0]}" in hung.stdout, (hung.stdout, hung.stderr)
     outcome = yield call.addTimeout(10, reactor)
-    assert outcome.closed_by_server and outcome.close_code == 1000 and "checkpoint" in outcome.marks
+    assert outcome.closed_by_server and outcome.close_code == 1000
+    assert outcome.marks[:2] == ["checkpoint", "prompt-done"] and outcome.clears == 1
+    assert outcome.received.count(b"\x55" * 160) == 3, "the prompt reached the caller, frame by frame"
     assert f.machines[0].named("control.action", action="hangup")
     missing = yield in_thread(f.control, 1, "hangup", "CA" + "0" * 32)
     assert missing.returncode == 1 and "404" in missing.stderr
