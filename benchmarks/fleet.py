@@ -129,6 +129,21 @@ def webhooks(daemons: list[Daemon], count: int, warm_up: int = 50) -> dict[str, 
     return times
 
 
+def server_webhook_ms(daemon: Daemon) -> float:
+    """The daemon's own mean time to answer a webhook (voicebridge_webhook_seconds), warm-up included."""
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=10)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    total = count = 0.0
+    for line in text.splitlines():
+        if line.startswith("voicebridge_webhook_seconds_sum"):
+            total += float(line.split()[-1])
+        elif line.startswith("voicebridge_webhook_seconds_count"):
+            count += float(line.split()[-1])
+    return total / count * 1000 if count else float("nan")
+
+
 def load(daemon: Daemon, calls: int, duration: float, redis_pid: int | None) -> dict:
     token = Path(tempfile.mkstemp()[1])
     token.write_text(TOKEN)
@@ -216,6 +231,8 @@ def main() -> int:
             ]
             for name, times in webhooks(daemons, args.webhooks).items():
                 results[name]["webhook"] = times
+            for daemon in daemons:
+                results[daemon.name]["server_ms"] = server_webhook_ms(daemon)
             for _ in range(args.rounds):  # alternately, so both meet the same machine load
                 for daemon in daemons:
                     r = load(daemon, args.calls, args.duration, redis.pid if daemon.name == "fleet" else None)
@@ -232,7 +249,8 @@ def main() -> int:
 
     print(f"voicebridge fleet benchmark: {args.webhooks} webhooks one at a time to each; "
           f"{args.rounds} x {args.calls} calls x {args.duration:g} s on each")
-    print(f"{'':10} {'webhook p50':>12} {'p99':>8} {'mean':>8}   {'CPU/call':>10} {'redis CPU/call':>15} {'calls ok':>9}")
+    print(f"{'':10} {'webhook p50':>12} {'p99':>8} {'mean':>8} {'in daemon':>10}   {'CPU/call':>10} {'redis CPU/call':>15} "
+          f"{'calls ok':>9}")
     calls = args.calls * args.rounds
     for name, r in results.items():
         w, load_result = r["webhook"], r
@@ -240,6 +258,7 @@ def main() -> int:
         redis_per_call = load_result["redis_cpu_s"] / calls * 1000
         print(
             f"{name:10} {statistics.median(w):10.2f}ms {percentile(w, 0.99):6.2f}ms {statistics.mean(w):6.2f}ms"
+            f" {r['server_ms']:8.2f}ms"
             f"   {per_call:8.1f}ms {redis_per_call:13.2f}ms {str(load_result.get('ok')):>9}"
         )
     d, f = results["default"], results["fleet"]
