@@ -291,3 +291,18 @@ def test_each_worker_is_a_member_of_the_fleet(redis_server, start_daemon, tmp_pa
     bodies = [post_form(daemon.port, "/voice", call_form(call_sid=f"CA{n:032d}"))[2] for n in range(7)]
     assert sum(b"<Connect>" in b for b in bodies) == 5 and sum(b'<Reject reason="busy"' in b for b in bodies) == 2
     assert len(redis.live_slots()) == 5
+
+
+def test_the_redis_password_never_reaches_the_log(redis_server, start_daemon, tmp_path):  # noqa: F811
+    redis = redis_server(extra=["--requirepass", "hunter2-redis-secret"])
+    secret = tmp_path / "redis-password"
+    secret.write_text("hunter2-redis-secret\n")
+    good = start_daemon("--redis", f"redis://127.0.0.1:{redis.port}/0", "--redis-password-file", str(secret))
+    good.wait_for(lambda e: e.get("event_name") == "fleet.redis_up")
+    assert good.named("service.listening")[0]["fleet"] == f"redis://:***@127.0.0.1:{redis.port}/0"
+    wrong = start_daemon("--redis", f"redis://:not-the-hunter2-password@127.0.0.1:{redis.port}/0")
+    refused = wrong.wait_for(lambda e: e.get("event_name") == "fleet.redis_error")
+    assert "WRONGPASS" in refused["reason"] or "invalid" in refused["reason"], refused
+    assert b"<Connect>" in post_form(wrong.port, "/voice", call_form(call_sid="CA" + "3" * 32))[2], "admitted without Redis"
+    for daemon in (good, wrong):
+        assert "hunter2" not in daemon.output
