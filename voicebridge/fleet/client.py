@@ -155,6 +155,7 @@ class _Factory(txredisapi.RedisFactory):
             slot.start()
 
     def addConnection(self, conn):
+        _no_delay(conn.transport)
         super().addConnection(conn)
         if conn in self.pool and self is self.owner._commands:
             # Up once it has answered: over TLS without a password, the handshake is only known done then.
@@ -339,6 +340,18 @@ class Redis:
             return defer.fail(Unavailable(str(e)))
         sent.addCallbacks(answered, failed)
         return result
+
+
+def _no_delay(transport) -> None:
+    """Commands are small and answered at once: Nagle's algorithm would hold one back behind another's ACK."""
+    for t in (transport, getattr(transport, "transport", None)):  # TLS wraps the TCP transport
+        set_no_delay = getattr(t, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            try:
+                set_no_delay(True)
+            except OSError:
+                pass
+            return
 
 
 def _pem_blocks(data: bytes) -> list[bytes]:
