@@ -166,6 +166,13 @@ def test_a_tenant_limit_holds_across_the_fleet_and_streams_claim_on_other_machin
     late = yield in_thread(f.webhook, "CA" + "9" * 32)
     assert b'<Reject reason="busy"' in late, "five calls live on three machines fill the tenant"
 
+    def fleet_view(machine):
+        body = request(f.machines[machine].port, "GET", "/metrics")[2]
+        return b'voicebridge_fleet_slots_by_tenant{tenant="b1"} 5.0' in body and b"voicebridge_redis_up 1.0" in body
+
+    for machine in range(3):  # each machine's /metrics shows the fleet's view, from its last renewal
+        yield in_thread(wait_until, lambda machine=machine: fleet_view(machine), 2 * LEASE)
+
     outcomes = yield defer.gatherResults(list(calls.values()))
     for outcome in outcomes:
         assert outcome.close_code == 1000 and outcome.received == outcome.sent, "every frame echoed, wherever it landed"
