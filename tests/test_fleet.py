@@ -313,3 +313,19 @@ def test_the_redis_password_never_reaches_the_log(redis_server, start_daemon, tm
     assert b"<Connect>" in post_form(wrong.port, "/voice", call_form(call_sid="CA" + "3" * 32))[2], "admitted without Redis"
     for daemon in (good, wrong):
         assert "hunter2" not in daemon.output
+
+
+def test_a_redis_that_stops_answering_costs_a_webhook_two_seconds_at_most(redis_server, start_daemon):  # noqa: F811
+    """A hung Redis (SIGSTOP: connected, silent) is met by the command timeout, not a hung webhook."""
+    redis = redis_server()
+    daemon = start_daemon("--redis", redis.url)
+    daemon.wait_for(lambda e: e.get("event_name") == "fleet.redis_up")
+    redis.proc.send_signal(signal.SIGSTOP)
+    try:
+        assert b"<Connect>" in post_form(daemon.port, "/voice", call_form(call_sid="CA" + "4" * 32))[2]
+        warned = daemon.wait_for(lambda e: e.get("event_name") == "fleet.redis_unavailable")
+        assert "no answer from Redis within 2s" in warned["why"]
+    finally:
+        redis.proc.send_signal(signal.SIGCONT)
+    assert b"<Connect>" in post_form(daemon.port, "/voice", call_form(call_sid="CA" + "5" * 32))[2]
+    wait_until(lambda: "CA" + "5" * 32 in redis.live_slots(), 5)
