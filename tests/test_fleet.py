@@ -329,3 +329,25 @@ def test_a_redis_that_stops_answering_costs_a_webhook_two_seconds_at_most(redis_
         redis.proc.send_signal(signal.SIGCONT)
     assert b"<Connect>" in post_form(daemon.port, "/voice", call_form(call_sid="CA" + "5" * 32))[2]
     wait_until(lambda: "CA" + "5" * 32 in redis.live_slots(), 5)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_draining_machine_still_takes_the_stream_of_a_call_another_machine_answered(fleet):
+    """A rolling deploy: the load balancer may still send a stream to a machine that began draining."""
+    from twisted.internet import reactor
+
+    f = yield in_thread(lambda: fleet(count=2))
+    first = "CA" + "1" * 32
+    body = yield in_thread(f.webhook, first, "+15550100002", f.machines[0].port)
+    live = f.play(reactor, first, body, 0, frames=400)  # keeps machine 0 draining for a while
+    yield in_thread(wait_until, lambda: f.redis.calls().get(first, {}).get("s") == "started", 10)
+    f.machines[0].signal(signal.SIGTERM)
+    yield in_thread(f.machines[0].wait_for, lambda e: e.get("event_name") == "service.draining")
+    refused = yield in_thread(post_form, f.machines[0].port, "/voice", call_form(call_sid="CA" + "3" * 32))
+    assert refused[0] == 503, "no new webhooks while draining"
+    second = "CA" + "2" * 32
+    body = yield in_thread(f.webhook, second, "+15550100002", f.machines[1].port)
+    outcome = yield f.play(reactor, second, body, 0, frames=25)
+    assert outcome.opened and outcome.close_code == 1000 and outcome.received == outcome.sent
+    assert (yield live).close_code == 1000
+    assert f.machines[0].wait_exit(20) == 0

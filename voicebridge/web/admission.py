@@ -82,8 +82,9 @@ class Admission:
     def stream(self, client: str, stream_url: str, query: str, signature: str | None) -> Refusal | None:
         """During a drain, a handshake is still taken while a call the webhook answered has not connected:
         it is that call's stream (reservations lapse after capacity.RESERVATION_SECONDS; the drain waits
-        for them drain.ANSWER_WAIT)."""
-        if self.draining and (self.registry.drained or not (self.capacity is not None and self.capacity.expecting_stream())):
+        for them drain.ANSWER_WAIT). In a fleet (``--redis``) every stream belongs to a call some machine
+        answered, maybe another one: a draining machine takes any until it has drained, rather than lose it."""
+        if self.draining and (self.registry.drained or not self._expecting_stream()):
             return DRAINING
         if self.checker is None:
             return self._development(client) or self._handshake_capacity()
@@ -98,6 +99,9 @@ class Admission:
                 f"X-Twilio-Signature matches none of {shown}; is --public-url the URL configured in Twilio?",
             )
         return self._handshake_capacity()
+
+    def _expecting_stream(self) -> bool:
+        return self.fleet is not None or (self.capacity is not None and self.capacity.expecting_stream())
 
     def _handshake_capacity(self) -> Refusal | None:
         over = self.capacity.admit_handshake() if self.capacity is not None else None
