@@ -111,3 +111,15 @@ def test_the_service_and_the_disruption_budget_select_the_deployments_pods():
     ports = {p["name"] for p in container()["ports"]}
     assert {p["targetPort"] for p in service["spec"]["ports"]} <= ports
     assert budget["spec"]["maxUnavailable"] < deployment["spec"]["replicas"]
+
+
+def test_the_schema_check_would_catch_a_misspelt_field():
+    import copy
+
+    import kubernetes_validate
+
+    deployment = copy.deepcopy(of_kind("Deployment")[0])
+    spec = deployment["spec"]["template"]["spec"]
+    spec["terminationGracePeriod"] = spec.pop("terminationGracePeriodSeconds")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, kubernetes_validate.latest_version(), strict=True)
