@@ -2,7 +2,7 @@
 
 Webhooks are signed as Twilio signs them and go through nginx; each stream is sent straight to a
 machine other than the one that answered its webhook (the case a load balancer makes), signed
-for the public stream URL. What the fleet wrote is read from Redis itself (tests/redis.py).
+for the public stream URL. What the fleet wrote is read from Redis itself (tests/redisserver.py).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from tests.conftest import TOKEN
 from tests.daemon import REPO, source_env
 from tests.http import call_form, post_form, request
 from tests.nginx import free_port
-from tests.redis import redis_server, wait_until  # noqa: F401  (a fixture)
+from tests.redisserver import redis_server, wait_until  # noqa: F401  (a fixture)
 from voicebridge.tools.twiliosim import CallScript, play_call
 from voicebridge.twilio.signatures import SignatureChecker
 

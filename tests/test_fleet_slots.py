@@ -13,7 +13,7 @@ import pytest_twisted
 from twisted.internet import defer, task
 from twisted.python import usage
 
-from tests.redis import redis_server  # noqa: F401  (a fixture)
+from tests.redisserver import redis_server  # noqa: F401  (a fixture)
 from voicebridge.daemon.tap import Options
 from voicebridge.fleet import slots
 from voicebridge.fleet.client import Redis, Unavailable, parse_redis_url
