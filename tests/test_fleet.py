@@ -351,3 +351,27 @@ def test_a_draining_machine_still_takes_the_stream_of_a_call_another_machine_ans
     assert outcome.opened and outcome.close_code == 1000 and outcome.received == outcome.sent
     assert (yield live).close_code == 1000
     assert f.machines[0].wait_exit(20) == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_call_control_without_redis_reaches_this_machines_calls_and_is_off_without_a_token(start_daemon, tmp_path):
+    from twisted.internet import reactor
+
+    token = tmp_path / "control-token"
+    token.write_text(CONTROL_TOKEN)
+    plain = start_daemon()
+    assert request(plain.port, "GET", "/calls", headers={"Authorization": f"Bearer {CONTROL_TOKEN}"})[0] == 404
+    daemon = start_daemon("--control-token-file", str(token))
+    sid = "CA" + "6" * 32
+    call = play_call(reactor, daemon.url("/twilio-media", "ws"), CallScript(frames=3000, call_sid=sid))
+    yield daemon.wait_for_async(reactor, lambda e: e.get("event_name") == "call.started")
+    auth = {"Authorization": f"Bearer {CONTROL_TOKEN}"}
+    status, _, body = yield in_thread(lambda: request(daemon.port, "GET", "/calls", headers=auth))
+    listed = __import__("json").loads(body)
+    assert status == 200 and listed["source"] == "machine" and [c["callSid"] for c in listed["calls"]] == [sid]
+    wrong = yield in_thread(lambda: request(daemon.port, "GET", "/calls", headers={"Authorization": "Bearer nope"}))
+    assert wrong[0] == 401 and daemon.named("control.refused")
+    status, _, body = yield in_thread(lambda: request(daemon.port, "POST", f"/calls/{sid}/hangup", headers=auth))
+    assert status == 200, body
+    outcome = yield call.addTimeout(10, reactor)
+    assert outcome.closed_by_server and outcome.close_code == 1000
