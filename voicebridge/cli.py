@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "probe": ("voicebridge.tools.probe", "play Twilio against a deployment and name the layer that fails"),
     "check-config": ("voicebridge.tools.checkconfig", "validate a config file and print where each number's calls go"),
     "loadtest": ("voicebridge.tools.loadtest", "simulate N Twilio calls against a stream URL and measure echo round trips"),
+    "calls": ("voicebridge.tools.calls", "list the fleet's live calls, or hang up, clear, mark or play to one (call control)"),
 }
 
 

@@ -178,6 +178,11 @@ class Capacity:
         self.peers.reserved(key, tenant_id, RESERVATION_SECONDS)
         return None
 
+    def release(self, call_sid: str) -> None:
+        """A reservation made here that the fleet refused after all (voicebridge/fleet): let it go, here and in the peers."""
+        self.reservations.claim(call_sid, remember=False)
+        self.peers.claimed(call_sid)
+
     # What the other workers did (``--workers``).
 
     def peer_reserved(self, call_sid: str, tenant_id: str | None, seconds: float) -> None:

@@ -248,3 +248,7 @@ class Settings:
     # Whether streams take the fast path (voicebridge/fastpath/switch.py), and why: the banner says.
     fast_path: bool = True
     fast_path_reason: str = "on"
+    # --redis: voicebridge.fleet.FleetSettings; None: this machine alone.
+    fleet: object = None
+    # --control-token-file: the call-control API's bearer token; None: no API.
+    control_token: Secret | None = field(default=None, repr=False)

@@ -185,6 +185,8 @@ def banner(settings, urls, enforcing: bool, addresses: list[str], ports: list[in
         stream_url = urls.public_url.replace("https://", "wss://", 1).replace("http://", "ws://", 1) + urls.stream_path
     else:
         stream_url = f"derived per request from Host (wss://HOST{urls.stream_path}); set --public-url"
+    if getattr(settings, "fleet", None) is not None:
+        extra = {**extra, "fleet": settings.fleet.shown}  # the Redis URL, its password never shown
     log.info(
         "voicebridge listening on {addresses}; public url {public_url}; stream url given to Twilio: {stream_url}; "
         "signatures {signatures}; handler {handler}; tenants {tenants}; fast path {fast_path} ({fast_path_reason})"

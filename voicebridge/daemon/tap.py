@@ -13,7 +13,7 @@ import sys
 
 from twisted.python import usage
 
-from voicebridge import handlers
+from voicebridge import fleet, handlers
 from voicebridge.call.registry import CallRegistry
 from voicebridge.call.resolve import handlers_in_use, resolve_handlers
 from voicebridge.config import limits
@@ -95,6 +95,7 @@ class Options(usage.Options):
             "default auto: journald under systemd, text on a terminal, json elsewhere.",
         ],
         *limits.opt_parameters(),
+        *fleet.OPTIONS,
         # Handler settings: each flag is one option of one handler (HANDLER_FLAGS), as in [handlers.NAME].
         ["record-dir", None, None, "record: directory for each call's WAV and JSON files."],
         ["record-handler", None, None, "record: the handler whose calls are recorded, e.g. echo or relay (default: none)."],
@@ -104,23 +105,23 @@ class Options(usage.Options):
         ["relay-connect-timeout", None, None, "relay: seconds for the TCP connection to the application (default 5).", float],
         ["relay-handshake-timeout", None, None, "relay: seconds for its TLS and WebSocket handshakes (default 5).", float],
         ["relay-ca", None, None, "relay: PEM file of CA certificates trusted for wss:// (default: the system's)."],
-        ["realtime-url", None, None, "openai-realtime: the Realtime API's wss:// URL (default: OpenAI's; Azure and compatible providers work)."],
+        ["realtime-url", None, None, "openai-realtime: the Realtime API's wss:// URL (default: OpenAI's; Azure works too)."],
         ["realtime-model", None, None, "openai-realtime: the model (default gpt-realtime)."],
         ["realtime-voice", None, None, "openai-realtime: the agent's voice (default alloy)."],
-        ["realtime-instructions", None, None, "openai-realtime: the agent's instructions; {businessId}, {plan}, {to}, {from} are the call's."],
+        ["realtime-instructions", None, None, "openai-realtime: instructions; {businessId}, {plan}, {to}, {from} are filled in."],
         ["realtime-instructions-file", None, None, "openai-realtime: a UTF-8 file holding the instructions."],
         ["realtime-greeting", None, None, "openai-realtime: what the agent says first (default: it waits for the caller)."],
         ["realtime-turn-detection", None, None, "openai-realtime: server_vad (default) or semantic_vad."],
-        ["realtime-barge-in-min-ms", None, None, "openai-realtime: caller speech must last this long to interrupt the agent (default 0).", int],
-        ["realtime-key-file", None, None, "openai-realtime: a file holding the API key (else OPENAI_API_KEY); never the key itself."],
-        ["realtime-fallback", None, None, "openai-realtime: when the API fails, 'hangup' or 'say' (--realtime-message, then hang up)."],
+        ["realtime-barge-in-min-ms", None, None, "openai-realtime: ms of speech that interrupt the agent (default 0).", int],
+        ["realtime-key-file", None, None, "openai-realtime: a file holding the API key (else OPENAI_API_KEY)."],
+        ["realtime-fallback", None, None, "openai-realtime: when the API fails, 'hangup' or 'say' (--realtime-message)."],
         ["realtime-message", None, None, "openai-realtime: what Twilio says before hanging up when the API fails."],
-        ["realtime-ca", None, None, "openai-realtime: PEM file of CA certificates trusted for its wss:// (default: the system's)."],
+        ["realtime-ca", None, None, "openai-realtime: PEM CA file trusted for its wss:// (default: the system's)."],
     ]
     optFlags = [
         ["show-numbers", None, "Log phone numbers in full (masked by default)."],
         ["no-fast-path", None, "Serve on plain Twisted and Autobahn, no per-frame fast path (or VOICEBRIDGE_FAST_PATH=off)."],
-        ["realtime-transcripts", None, "openai-realtime: the caller's and the agent's words in the log and the recording's sidecar."],
+        ["realtime-transcripts", None, "openai-realtime: both sides' words in the log and the recording's sidecar."],
     ]
 
     def __init__(self):
@@ -206,6 +207,13 @@ class Options(usage.Options):
             self["limits"] = limits.from_options(self)
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
+        self["fleet"] = fleet.from_options(self)
+        try:
+            self["control_token"] = (
+                read_auth_token(self["control-token-file"], {}) if self["control-token-file"] else None
+            )
+        except ConfigError as e:
+            raise usage.UsageError(str(e).replace("--auth-token-file", "--control-token-file")) from None
         self["handler_name"] = self["handler"] or self["config_obj"].handler or DEFAULT_HANDLER
         self["handlers"] = None
         try:  # once, here: the daemon and check-config use what is resolved
@@ -249,6 +257,8 @@ class Options(usage.Options):
             handlers=self["handlers"],
             fast_path=self["fast_path"].on,
             fast_path_reason=self["fast_path"].reason,
+            fleet=self["fleet"],
+            control_token=self["control_token"],
         )
 
 
@@ -290,6 +300,7 @@ def single_service(settings: Settings, reactor) -> VoiceBridgeService:
     urls, registry, admission, site = _serving_parts(settings, reactor)
     service = VoiceBridgeService(settings, registry, site, admission, urls, reactor)
     ProcessSignals(reactor, service.drain.cut, service.reload).setServiceParent(service)
+    fleet.install(settings, registry, admission, site, service, reactor)
     return service
 
 
@@ -309,4 +320,5 @@ def worker_service(settings: Settings, spec: WorkerSpec, reactor) -> VoiceBridge
     listeners = [AdoptedListenService(d, fd, site, reactor, settings.tls.get(d)) for d, fd in spec.listen]
     service = VoiceBridgeService(settings, registry, site, admission, urls, reactor, listeners=listeners, link=link)
     signals.setServiceParent(service)
+    fleet.install(settings, registry, admission, site, service, reactor)
     return service

@@ -43,6 +43,7 @@ class Admission:
         self.streams = WatchedStreams(registry.clock) if registry is not None else None
         if self.capacity is not None:
             self.capacity.streams = self.streams
+        self.fleet = None  # with --redis, the fleet's slots too (voicebridge/fleet/leases.py)
 
     @property
     def draining(self) -> bool:
@@ -86,8 +87,9 @@ class Admission:
     def stream(self, client: str, stream_url: str, query: str, signature: str | None) -> Refusal | None:
         """During a drain, a handshake is still taken while a call the webhook answered has not connected:
         it is that call's stream (reservations lapse after capacity.RESERVATION_SECONDS; the drain waits
-        for them drain.ANSWER_WAIT)."""
-        if self.draining and (self.registry.drained or not (self.capacity is not None and self.capacity.expecting_stream())):
+        for them drain.ANSWER_WAIT). In a fleet (``--redis``) every stream belongs to a call some machine
+        answered, maybe another one: a draining machine takes any until it has drained, rather than lose it."""
+        if self.draining and (self.registry.drained or not self._expecting_stream()):
             return DRAINING
         if self.checker is None:
             return self._development(client) or self._handshake_capacity()
@@ -103,11 +105,17 @@ class Admission:
             )
         return self._handshake_capacity()
 
+    def _expecting_stream(self) -> bool:
+        return self.fleet is not None or (self.capacity is not None and self.capacity.expecting_stream())
+
     def _handshake_capacity(self) -> Refusal | None:
         over = self.capacity.admit_handshake() if self.capacity is not None else None
         return Refusal(503, "over-capacity", over) if over else None
 
-    def call(self, call_sid: str | None, tenant) -> Refusal | None:
-        """At the webhook, once the request is known to be Twilio's: is there room for this call?"""
+    def call(self, call_sid: str | None, tenant):
+        """At the webhook, once the request is known to be Twilio's: is there room for this call?
+        A Refusal or None; with a fleet (``--redis``), a Deferred of one, once Redis has answered."""
         over = self.capacity.reserve(call_sid, tenant) if self.capacity is not None else None
-        return Refusal(503, "over-capacity", over) if over else None
+        if over:
+            return Refusal(503, "over-capacity", over)
+        return self.fleet.reserve(call_sid, tenant) if self.fleet is not None else None

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl, urlsplit
 
+from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.web.server import NOT_DONE_YET
 
 from voicebridge.config.file import NoTenant
 from voicebridge.observe.logs import mask_number, printable
@@ -76,6 +78,28 @@ class VoiceWebhook(TwilioRequest):
             return self.twiml(request, twiml.reject())
 
         over = self.admission.call(fields.get("CallSid"), tenant)
+        if isinstance(over, defer.Deferred):  # the fleet's answer (--redis): Redis is asked first
+            over.addErrback(self._admission_failed, call_sid)
+            over.addCallback(
+                lambda o: self._later(request, self._admitted(request, view, fields, tenant, context, stream_url, o))
+            )
+            return NOT_DONE_YET
+        return self._admitted(request, view, fields, tenant, context, stream_url, over)
+
+    @staticmethod
+    def _admission_failed(failure, call_sid):
+        log.failure("admission failed for callSid={callSid}", failure, event_name="webhook.error", callSid=call_sid)
+        return Refusal(503, "over-capacity", "admission failed")
+
+    @staticmethod
+    def _later(request, body: bytes) -> None:
+        if not request.finished and not request._disconnected:  # Twilio may have given up meanwhile
+            request.write(body)
+            request.finish()
+
+    def _admitted(self, request, view, fields, tenant, context, stream_url, over) -> bytes:
+        call_sid = printable(fields.get("CallSid"), 40)
+        show = self.settings.show_numbers
         if over is not None:
             log.warn(
                 "webhook callSid={callSid} tenant={tenant} answered busy: {message}",

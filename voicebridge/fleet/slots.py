@@ -1,0 +1,348 @@
+"""The fleet's shared ledger on Redis: key names, the Lua scripts, and what their answers mean.
+
+Pure: no I/O. ``voicebridge/fleet/leases.py`` runs these scripts through ``client.Redis``.
+
+Every slot is a member of one sorted set (``{fleet}:slots``) whose score is a *deadline* on
+Redis's own clock (``TIME`` inside the script): a reservation's 30 s, or a started call's lease
+(``--fleet-lease``, 15 s), which the machine holding the call pushes forward every lease/3.
+Calls with a tenant are also in ``{fleet}:tenant:ID`` with the same deadline, and what is known
+of each call (tenant, machine, state, since) is a JSON field of ``{fleet}:calls``.
+
+Each script drops the lapsed slots before it counts, so a machine that dies (kill -9, power)
+has its slots freed by Redis within one lease, whatever any other machine's clock says, and no
+survivor ever decides another machine is dead. Counting and taking a slot happen in one script,
+which Redis runs atomically: a burst of webhooks on many machines never takes more slots than
+there are. Keys share the hash tag ``{fleet}``, so all of them live in one Redis Cluster slot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+NO_LIMIT = -1
+PRUNE_BATCH = 500  # lapsed slots one script drops at most (the next one drops more): bounds its time
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key and channel names for one fleet (``name``: several fleets may share one Redis)."""
+
+    name: str = "voicebridge"
+
+    @property
+    def prefix(self) -> str:
+        return "{" + self.name + "}"
+
+    @property
+    def slots(self) -> str:
+        return f"{self.prefix}:slots"
+
+    @property
+    def calls(self) -> str:
+        return f"{self.prefix}:calls"
+
+    def tenant(self, tenant_id: str | None) -> str:
+        """A call without a tenant uses the slots key here (KEYS[3] must name a key; the script ignores it)."""
+        return f"{self.prefix}:tenant:{tenant_id}" if tenant_id else self.slots
+
+    def machine(self, machine: str) -> str:
+        """The pub/sub channel a machine listens on: commands for its calls, replies, claims of its reservations."""
+        return f"{self.prefix}:m:{machine}"
+
+
+_COMMON = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function tenant_key(tenant)
+  return ARGV[1] .. ':tenant:' .. tenant
+end
+-- Drop lapsed slots: from the fleet set, their tenant's set, and the calls hash.
+local function prune(now)
+  local lapsed = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, %(batch)d)
+  for _, sid in ipairs(lapsed) do
+    local raw = redis.call('HGET', KEYS[2], sid)
+    if raw then
+      local info = cjson.decode(raw)
+      if info.t and info.t ~= '' then
+        redis.call('ZREM', tenant_key(info.t), sid)
+      end
+      redis.call('HDEL', KEYS[2], sid)
+    end
+    redis.call('ZREM', KEYS[1], sid)
+  end
+end
+local function count_tenant(tenant, now)
+  if tenant == '' then return 0 end
+  redis.call('ZREMRANGEBYSCORE', tenant_key(tenant), '-inf', now)
+  return redis.call('ZCARD', tenant_key(tenant))
+end
+-- Whether one more slot fits: nil, or which limit is reached.
+local function over(total, tcount, fleet_limit, tenant_limit, tenant)
+  if fleet_limit >= 0 and total >= fleet_limit then return 'fleet' end
+  if tenant ~= '' and tenant_limit >= 0 and tcount >= tenant_limit then return 'tenant' end
+  return nil
+end
+local function take(sid, tenant, deadline, info)
+  redis.call('ZADD', KEYS[1], deadline, sid)
+  if tenant ~= '' then redis.call('ZADD', tenant_key(tenant), deadline, sid) end
+  redis.call('HSET', KEYS[2], sid, cjson.encode(info))
+end
+""" % {"batch": PRUNE_BATCH}
+
+# KEYS: slots, calls, tenant. ARGV: prefix, sid, tenant, fleet limit, tenant limit, hold ms, machine.
+# -> {verdict, fleet count, tenant count}; verdict 'ok', 'held' (Twilio asked again), 'fleet', 'tenant'.
+RESERVE = (
+    _COMMON
+    + """
+local now = now_ms()
+prune(now)
+local sid, tenant = ARGV[2], ARGV[3]
+local fleet_limit, tenant_limit = tonumber(ARGV[4]), tonumber(ARGV[5])
+local total = redis.call('ZCARD', KEYS[1])
+local tcount = count_tenant(tenant, now)
+if redis.call('ZSCORE', KEYS[1], sid) then
+  return {'held', total, tcount}
+end
+local verdict = over(total, tcount, fleet_limit, tenant_limit, tenant)
+if verdict then return {verdict, total, tcount} end
+take(sid, tenant, now + tonumber(ARGV[6]), {t = tenant, m = ARGV[7], s = 'reserved', at = now, by = ARGV[7]})
+if tenant ~= '' then tcount = tcount + 1 end
+return {'ok', total + 1, tcount}
+"""
+)
+
+# KEYS: slots, calls, tenant. ARGV: prefix, sid, tenant, fleet limit, tenant limit, lease ms, machine.
+# -> {verdict, how}: 'ok' with 'reserved' (took its reservation) or 'new' (none was held: a new slot
+# within the limits); else 'fleet' or 'tenant'. The machine that reserved it hears of the claim.
+CLAIM = (
+    _COMMON
+    + """
+local now = now_ms()
+prune(now)
+local sid, tenant, machine = ARGV[2], ARGV[3], ARGV[7]
+local deadline = now + tonumber(ARGV[6])
+if redis.call('ZSCORE', KEYS[1], sid) then
+  local raw = redis.call('HGET', KEYS[2], sid)
+  local info = raw and cjson.decode(raw) or {}
+  if info.t and info.t ~= '' and info.t ~= tenant then
+    redis.call('ZREM', tenant_key(info.t), sid)
+  end
+  local by = info.by or machine
+  take(sid, tenant, deadline, {t = tenant, m = machine, s = 'started', at = now, by = by})
+  if by ~= machine then
+    redis.call('PUBLISH', ARGV[1] .. ':m:' .. by, cjson.encode({op = 'claimed', sid = sid, by = machine}))
+  end
+  return {'ok', 'reserved'}
+end
+local total = redis.call('ZCARD', KEYS[1])
+local tcount = count_tenant(tenant, now)
+local verdict = over(total, tcount, tonumber(ARGV[4]), tonumber(ARGV[5]), tenant)
+if verdict then return {verdict, 'new'} end
+take(sid, tenant, deadline, {t = tenant, m = machine, s = 'started', at = now, by = machine})
+return {'ok', 'new'}
+"""
+)
+
+# KEYS: slots, calls. ARGV: prefix, machine, sid... -> how many were released.
+# Only the machine holding a call releases it (a stale release from elsewhere changes nothing).
+RELEASE = (
+    _COMMON
+    + """
+local released = 0
+for i = 3, #ARGV do
+  local sid = ARGV[i]
+  local raw = redis.call('HGET', KEYS[2], sid)
+  if raw then
+    local info = cjson.decode(raw)
+    if info.m == ARGV[2] then
+      if info.t and info.t ~= '' then redis.call('ZREM', tenant_key(info.t), sid) end
+      redis.call('HDEL', KEYS[2], sid)
+      redis.call('ZREM', KEYS[1], sid)
+      released = released + 1
+    end
+  end
+end
+return released
+"""
+)
+
+# KEYS: slots, calls. ARGV: prefix, machine, lease ms, number of tenants N, N tenant ids, then
+# (sid, tenant, kind, ms) for each call: kind 's' a started call held here (ms: since it started),
+# 'r' a reservation made here (ms: time left). A started call gets a new deadline, and is put back
+# if Redis lost it (a restart); a reservation only comes back if the slot is gone, with its own time.
+# -> {put back, fleet count, count of each tenant}.
+RENEW = (
+    _COMMON
+    + """
+local now = now_ms()
+prune(now)
+local machine, lease = ARGV[2], tonumber(ARGV[3])
+local ntenants = tonumber(ARGV[4])
+local back = 0
+local i = 5 + ntenants
+while i + 3 <= #ARGV do
+  local sid, tenant, kind, ms = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
+  if kind == 's' then
+    if redis.call('HEXISTS', KEYS[2], sid) == 0 then
+      back = back + 1
+      redis.call('HSET', KEYS[2], sid, cjson.encode({t = tenant, m = machine, s = 'started', at = now - ms, by = machine}))
+    end
+    redis.call('ZADD', KEYS[1], now + lease, sid)
+    if tenant ~= '' then redis.call('ZADD', tenant_key(tenant), now + lease, sid) end
+  elseif not redis.call('ZSCORE', KEYS[1], sid) then
+    back = back + 1
+    take(sid, tenant, now + ms, {t = tenant, m = machine, s = 'reserved', at = now, by = machine})
+  end
+  i = i + 4
+end
+local counts = {back, redis.call('ZCARD', KEYS[1])}
+for j = 1, ntenants do
+  table.insert(counts, count_tenant(ARGV[4 + j], now))
+end
+return counts
+"""
+)
+
+# KEYS: slots, calls. ARGV: prefix, limit. -> {now ms, sid, info json, sid, info json, ...}, oldest first.
+LIST = (
+    _COMMON
+    + """
+local now = now_ms()
+prune(now)
+local sids = redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf', 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {now}
+for _, sid in ipairs(sids) do
+  local raw = redis.call('HGET', KEYS[2], sid)
+  if raw then
+    table.insert(out, sid)
+    table.insert(out, raw)
+  end
+end
+return out
+"""
+)
+
+
+def sha1(script: str) -> str:
+    return hashlib.sha1(script.encode("utf-8")).hexdigest()
+
+
+def limit_arg(limit: int | None) -> int:
+    return NO_LIMIT if limit is None else limit
+
+
+def reserve_call(keys: Keys, sid: str, tenant_id: str | None, fleet_limit, tenant_limit, hold_ms: int, machine: str):
+    """(script, KEYS, ARGV) for a webhook's reservation."""
+    return (
+        RESERVE,
+        [keys.slots, keys.calls, keys.tenant(tenant_id)],
+        [keys.prefix, sid, tenant_id or "", limit_arg(fleet_limit), limit_arg(tenant_limit), hold_ms, machine],
+    )
+
+
+def claim_call(keys: Keys, sid: str, tenant_id: str | None, fleet_limit, tenant_limit, lease_ms: int, machine: str):
+    """(script, KEYS, ARGV) for a ``start`` taking its slot."""
+    return (
+        CLAIM,
+        [keys.slots, keys.calls, keys.tenant(tenant_id)],
+        [keys.prefix, sid, tenant_id or "", limit_arg(fleet_limit), limit_arg(tenant_limit), lease_ms, machine],
+    )
+
+
+def release_call(keys: Keys, machine: str, sids):
+    return RELEASE, [keys.slots, keys.calls], [keys.prefix, machine, *sids]
+
+
+def renew_call(keys: Keys, machine: str, lease_ms: int, tenants, started, reserved):
+    """``started``: (sid, tenant id, ms since start); ``reserved``: (sid, tenant id, ms left)."""
+    tenants = list(tenants)
+    args = [keys.prefix, machine, lease_ms, len(tenants), *tenants]
+    for sid, tenant_id, ms in started:
+        args += [sid, tenant_id or "", "s", max(int(ms), 0)]
+    for sid, tenant_id, ms in reserved:
+        args += [sid, tenant_id or "", "r", max(int(ms), 1)]
+    return RENEW, [keys.slots, keys.calls], args
+
+
+def list_call(keys: Keys, limit: int):
+    return LIST, [keys.slots, keys.calls], [keys.prefix, limit]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A reservation's or a claim's answer: ``ok``, else which limit (``fleet`` or ``tenant``) is reached."""
+
+    ok: bool
+    limit: str | None = None
+    fleet_count: int | None = None
+    tenant_count: int | None = None
+    how: str | None = None  # a claim: 'reserved' (took its reservation) or 'new'
+
+
+def _text(value) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def parse_reserve(reply) -> Verdict:
+    verdict, total, tcount = _text(reply[0]), int(reply[1]), int(reply[2])
+    if verdict in ("ok", "held"):
+        return Verdict(True, None, total, tcount, verdict)
+    return Verdict(False, verdict, total, tcount)
+
+
+def parse_claim(reply) -> Verdict:
+    verdict, how = _text(reply[0]), _text(reply[1])
+    return Verdict(verdict == "ok", None if verdict == "ok" else verdict, how=how)
+
+
+@dataclass(frozen=True)
+class Counts:
+    put_back: int
+    fleet: int
+    tenants: dict
+
+
+def parse_renew(reply, tenants) -> Counts:
+    values = [int(v) for v in reply]
+    return Counts(values[0], values[1], dict(zip(list(tenants), values[2:], strict=True)))
+
+
+@dataclass(frozen=True)
+class FleetCall:
+    call_sid: str
+    tenant: str | None
+    machine: str
+    state: str  # 'reserved' or 'started'
+    seconds: float  # since it was reserved or started, on Redis's clock
+    answered_by: str | None = None
+
+
+def parse_list(reply) -> list[FleetCall]:
+    now = int(reply[0])
+    calls = []
+    for i in range(1, len(reply) - 1, 2):
+        try:
+            info = json.loads(_text(reply[i + 1]))
+            calls.append(
+                FleetCall(
+                    _text(reply[i]),
+                    info.get("t") or None,
+                    str(info.get("m", "")),
+                    str(info.get("s", "")),
+                    max(now - int(info.get("at", now)), 0) / 1000,
+                    info.get("by"),
+                )
+            )
+        except (ValueError, TypeError, AttributeError):
+            continue  # not ours: a field another version wrote
+    return calls
+
+
+def limit_message(limit: str, fleet_limit, tenant_id, tenant_limit) -> str:
+    if limit == "fleet":
+        return f"the fleet's limit of {fleet_limit} calls is reached (--fleet-max-calls)"
+    return f"tenant {tenant_id}'s limit of {tenant_limit} calls is reached across the fleet (max_calls)"
