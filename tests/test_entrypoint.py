@@ -69,4 +69,4 @@ def test_its_options_are_checked_at_start_up_and_it_is_listed_when_a_name_is_wro
     assert "handler 'reverse' for calls without a tenant: unknown option(s) ['volume']" in bad.output
     typo = Daemon(["--handler", "revers"], env=env).start(wait=False)
     assert typo.wait_exit(30) != 0
-    assert "no handler named 'revers' (available: echo, record, relay, reverse)" in typo.output
+    assert "no handler named 'revers' (available: echo, openai-realtime, record, relay, reverse)" in typo.output

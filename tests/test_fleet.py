@@ -284,7 +284,7 @@ def test_busy_without_redis_when_told_so(redis_server, start_daemon, tmp_path): 
     daemon.wait_for(lambda e: e.get("event_name") == "fleet.redis_down")
     assert b'<Reject reason="busy"' in post_form(daemon.port, "/voice", call_form(call_sid="CA" + "2" * 32))[2]
     busy = daemon.wait_for(lambda e: e.get("event_name") == "webhook.busy")
-    assert busy["message"] == "Redis is unavailable and --redis-unavailable is busy"
+    assert busy["message"].endswith("answered busy: Redis is unavailable and --redis-unavailable is busy")
 
 
 def test_each_worker_is_a_member_of_the_fleet(redis_server, start_daemon, tmp_path):  # noqa: F811
