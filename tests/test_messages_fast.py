@@ -91,6 +91,13 @@ def test_media_fields_takes_twilio_frames():
     assert m.media_fields(sample) == ("MZ18ad3ab5a668481ce02b83e7395059f0", base64.b64decode("no+JhoaJjpzSHxAKBgYJDRQ="), 5)
 
 
+def test_media_fields_given_the_calls_sid_takes_only_that_streams_frames():
+    frame = m.twilio_media(SID, AUDIO, chunk=3, timestamp=40, sequence_number=5)
+    assert m.media_fields(frame, SID) == (SID, AUDIO, 40)
+    assert m.media_fields(frame, "MZ" + "0" * 32) is None, "another stream's frame goes to parse (and its check)"
+    assert m.media_fields(m.twilio_media("MZ1&", AUDIO, 1, 0, 2), SID) is None
+
+
 @pytest.mark.parametrize(
     "data",
     [b"not json", b"[]", b'{"event":"start"}', m.twilio_stop(SID, "CA1", "AC1", 3), b'{"event":"media"}'],

@@ -128,8 +128,8 @@ class Call:
         if self.state == STARTED and not self.keeps_frames:
             # The hot path: this call's media frame in Twilio's shape. Everything else, and
             # every mistake, goes the full way below.
-            fields = messages.media_fields(data)
-            if fields is not None and fields[0] == self.stream_sid:
+            fields = messages.media_fields(data, self.stream_sid)
+            if fields is not None:
                 self._media(fields[1], fields[2])
                 return
         self.frame = data
