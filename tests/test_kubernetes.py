@@ -72,6 +72,7 @@ def test_the_command_is_the_daemons_with_the_configmap_and_the_secret_in_place(t
     assert options["fleet"] is not None and options["fleet"].redis.password == "a-secret-value"
     assert "a-secret-value" not in " ".join(container()["args"]), "no secret on the command line"
     assert options["control_token"] is not None and options["auth_token"] is not None
+    assert options["log-format"] == "json", "kubectl logs and log shippers read JSON lines; args replace the CMD's"
 
 
 def test_a_rolling_deploy_drains_every_call_before_the_pod_is_killed():

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
 import os
@@ -139,6 +140,17 @@ def test_a_legacy_err_keeps_its_traceback_apart():
     record = formats.record(event)
     assert record["message"] == "Unhandled error in Deferred:" and record["level"] == "critical"
     assert "ZeroDivisionError" in record["traceback"] and "failure" not in record and "why" not in record
+
+
+def test_a_workers_message_keeps_its_format_specs_through_the_supervisor():
+    original = emitted(lambda log: log.info("call ended in {duration:.1f}s on {day:%Y-%m-%d}", event_name="call.ended",
+                                            duration=0.002404451370239258, day=datetime.date(2026, 12, 4)))  # fmt: skip
+    written = io.StringIO()
+    output.worker_observer(written)(original)
+    relayed = eventFromJSON(written.getvalue().strip("\x1e\n"))
+    relayed.update(worker=0, worker_pid=4242)
+    assert json.loads(formats.json_line(relayed))["message"] == "call ended in 0.0s on 2026-12-04"
+    assert "call ended in 0.0s on 2026-12-04 worker=0" in formats.text_line(relayed)
 
 
 def test_a_workers_event_relayed_by_the_supervisor_carries_the_worker_and_no_internals():

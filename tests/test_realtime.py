@@ -320,7 +320,7 @@ def test_recorded_call_holds_both_sides_and_the_transcripts(start_daemon, fakes,
     def caller_words(fake, proto, event):
         if event.get("type") == "input_audio_buffer.append" and fake.appends == 30:
             proto.event({"type": "conversation.item.input_audio_transcription.completed", "item_id": "in_1",
-                         "content_index": 0, "transcript": "I need an appointment"})  # fmt: skip
+                         "content_index": 0, "transcript": "I need an appointment, call me on 5551234567"})  # fmt: skip
 
     fake = yield fakes(replies=[Reply(chunks=20, transcript="Acme dental, hello")], behaviour=caller_words)
     daemon = start_daemon(
@@ -345,8 +345,12 @@ def test_recorded_call_holds_both_sides_and_the_transcripts(start_daemon, fakes,
     assert sidecar["handler"] == "openai-realtime"
     assert [(t["role"], t["text"]) for t in sidecar["transcripts"]] == [
         ("agent", "Acme dental, hello"),
-        ("caller", "I need an appointment"),
+        ("caller", "I need an appointment, call me on 5551234567"),
     ]
+    said = yield daemon.wait_for_async(reactor(), named("realtime.transcript", role="caller"))
+    assert "I need an appointment, call me on" in said["text"] and "5551234567" not in daemon.output, (
+        "a number the caller says is masked in the log (the recording's sidecar, the customer's own, keeps it)"
+    )
 
 
 @pytest_twisted.inlineCallbacks

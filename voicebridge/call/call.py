@@ -12,7 +12,7 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from twisted.internet import defer
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from voicebridge.call.closecodes import (
     CLOSE_INTERNAL_ERROR,
@@ -264,6 +264,7 @@ class Call:
                 handler=handler_name,
                 method="__init__",
                 **self.ids,
+                level=LogLevel.error,
             )
             self._end("error")  # ended before the frames in flight arrive: they are dropped quietly
             self.link.close(CLOSE_INTERNAL_ERROR, "no handler for this call")
@@ -464,6 +465,7 @@ class Call:
                     handler=self.handler_name,
                     method="on_stop",
                     **self.ids,
+                    level=LogLevel.error,
                 )
             )
         else:
@@ -483,6 +485,7 @@ class Call:
             handler=self.handler_name,
             method=method,
             **self.ids,
+            level=LogLevel.error,
         )
         if self.end_reason is None:
             self.end_reason = "error"

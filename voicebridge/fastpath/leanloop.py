@@ -30,7 +30,7 @@ from select import EPOLLIN
 
 from twisted.internet import tcp
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python import log as legacy_log
 
 log = Logger(namespace="voicebridge.leanloop")
@@ -117,7 +117,10 @@ def _poll(self, timeout):
             self._disconnectSelectable(selectable, why, True)
         except Exception as e:  # what callWithLogger caught: never let one socket stop the loop
             log.failure(
-                "unhandled error handling an event for {selectable}", event_name="reactor.io_error", selectable=selectable
+                "unhandled error handling an event for {selectable}",
+                event_name="reactor.io_error",
+                selectable=selectable,
+                level=LogLevel.error,
             )
             if isinstance(e, AttributeError) and (e.obj is self or e.obj is selectable):  # a private name, renamed
                 _fall_back(self, e)

@@ -19,7 +19,7 @@ import json
 import wave
 
 from twisted.internet import defer
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
@@ -275,7 +275,7 @@ class CallsResource(Resource):
             if isinstance(error, ControlError):
                 request.setResponseCode(error.status)
                 return {"error": str(error)}
-            log.failure("call control failed", failure, event_name="control.error")
+            log.failure("call control failed", failure, event_name="control.error", level=LogLevel.error)
             request.setResponseCode(500)
             return {"error": "internal error"}
 

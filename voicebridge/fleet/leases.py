@@ -27,7 +27,7 @@ import socket
 
 from twisted.application.service import Service
 from twisted.internet import defer, task
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from voicebridge.call.capacity import RESERVATION_SECONDS
 from voicebridge.fleet import slots
@@ -131,7 +131,13 @@ class Fleet:
 
         def without_redis(failure):
             if not failure.check(Unavailable):
-                log.failure("a reservation on Redis failed", failure, event_name="fleet.error", callSid=printable(call_sid, 40))
+                log.failure(
+                    "a reservation on Redis failed",
+                    failure,
+                    event_name="fleet.error",
+                    callSid=printable(call_sid, 40),
+                    level=LogLevel.error,
+                )
             return self._without_redis(call_sid, str(failure.value))
 
         return self.redis.run(script, keys, args, COMMAND_TIMEOUT).addCallbacks(decided, without_redis)
@@ -206,7 +212,13 @@ class Fleet:
         def failed(failure):
             # Never cut a call for Redis: the next renewal registers it.
             if not failure.check(Unavailable):
-                log.failure("a claim on Redis failed", failure, event_name="fleet.error", callSid=printable(call.call_sid, 64))
+                log.failure(
+                    "a claim on Redis failed",
+                    failure,
+                    event_name="fleet.error",
+                    callSid=printable(call.call_sid, 64),
+                    level=LogLevel.error,
+                )
 
         self.redis.run(script, keys, args, COMMAND_TIMEOUT).addCallbacks(decided, failed)
 
@@ -261,7 +273,7 @@ class Fleet:
 
         def failed(failure):
             if not failure.check(Unavailable):
-                log.failure("renewing the leases on Redis failed", failure, event_name="fleet.error")
+                log.failure("renewing the leases on Redis failed", failure, event_name="fleet.error", level=LogLevel.error)
 
         def finished(_):
             self._renewing = None

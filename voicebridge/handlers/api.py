@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import warnings
 
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from voicebridge import __version__
 from voicebridge.net.leanclient import LeanClientFrames
 from voicebridge.net.wsclient import endpoint_for, load_trust_root
-from voicebridge.observe.logs import printable, redact_url
+from voicebridge.observe.logs import mask_text, printable, redact_url
 from voicebridge.twilio.signatures import SignatureChecker
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "HandlerCall",
     "LeanClientFrames",
     "Logger",
+    "LogLevel",
     "endpoint_for",
     "load_trust_root",
     "printable",
@@ -161,6 +162,12 @@ class HandlerCall:
     def live(self) -> bool:
         """True from start until the call ends: what is sent now reaches Twilio; after, sending does nothing."""
         return self._call.live
+
+    def loggable(self, text: str, limit: int = 200) -> str:
+        """What a caller or a peer said, fit for the log: control characters escaped, cut at ``limit``,
+        and number-like runs masked unless the daemon runs with ``--show-numbers`` (a caller reading
+        out a phone or card number must not reach the log whole)."""
+        return mask_text(printable(text, limit), self._call.registry.show_numbers)
 
     # Raw frames, for a handler with ``wants_frames``.
 

@@ -15,7 +15,7 @@ from twisted.internet import defer, threads
 from twisted.internet.interfaces import IReactorThreads
 
 from voicebridge.audio.recording import SAMPLES_PER_MS, Recording, safe_name
-from voicebridge.handlers.api import Handler, Logger
+from voicebridge.handlers.api import Handler, Logger, LogLevel
 
 log = Logger(namespace="voicebridge.record")
 
@@ -133,6 +133,7 @@ class RecordHandler(Handler):
                 handler=self.inner_name,
                 method="on_stop",
                 **self.call.ids,
+                level=LogLevel.error,
             )
         )
         if self.recording is None:

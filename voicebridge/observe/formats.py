@@ -116,6 +116,8 @@ def record(event: dict) -> dict:
     legacy = "isError" in event and "log_logger" not in event
     if legacy and event.get("failure") is not None:
         message = str(event.get("why") or "Unhandled Error")
+    elif isinstance(event.get("log_rendered"), str):  # a worker's, formatted there (output.worker_observer)
+        message = event["log_rendered"]
     else:
         message = formatEvent(event) if "log_format" in event or not legacy else textFromEventDict(event) or ""
     logger = str(event.get("log_namespace") or "-")

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Histogram, PlatformCollector, P
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
@@ -259,7 +259,7 @@ class MetricsResource(Resource):
             try:
                 body = encoder(self.metrics.machine(others))
             except Exception:  # a worker's families that do not merge: this worker's own, rather than nothing
-                log.failure("could not merge the workers' metrics", event_name="metrics.merge_failed")
+                log.failure("could not merge the workers' metrics", event_name="metrics.merge_failed", level=LogLevel.error)
                 body = encoder(self.metrics.registry)
             if not finished:  # the scraper may have gone
                 request.write(body)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import sys
 
-from twisted.logger import ILogObserver, jsonFileLogObserver
+from twisted.logger import ILogObserver, formatEvent, jsonFileLogObserver
 from zope.interface import implementer
 
 from voicebridge.observe.formats import json_line, text_line
@@ -77,7 +77,9 @@ class LineObserver:
 
 def worker_observer(stream):
     """A worker's log, for the supervisor: twist's JSON, which restores the event as it was (level,
-    fields, format), plus ``log_traceback``: twist's JSON keeps a failure's frames but not its message."""
+    fields, format), plus ``log_traceback``: twist's JSON keeps a failure's frames but not its message,
+    and ``log_rendered``, the message as the worker formatted it: the JSON keeps each field as
+    ``str(value)``, so ``{duration:.1f}`` would come back as ``0.002404451370239258``."""
     write = jsonFileLogObserver(stream)
 
     @implementer(ILogObserver)
@@ -88,6 +90,8 @@ def worker_observer(stream):
                 event = {**event, "log_traceback": failure.getTraceback()}
             except Exception:
                 pass
+        if "log_format" in event and "log_rendered" not in event:
+            event = {**event, "log_rendered": formatEvent(event)}
         write(event)
 
     return observe

@@ -9,7 +9,7 @@ from __future__ import annotations
 from urllib.parse import parse_qsl, urlsplit
 
 from twisted.internet import defer
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.web.server import NOT_DONE_YET
 
 from voicebridge.config.file import NoTenant
@@ -88,7 +88,9 @@ class VoiceWebhook(TwilioRequest):
 
     @staticmethod
     def _admission_failed(failure, call_sid):
-        log.failure("admission failed for callSid={callSid}", failure, event_name="webhook.error", callSid=call_sid)
+        log.failure(
+            "admission failed for callSid={callSid}", failure, event_name="webhook.error", callSid=call_sid, level=LogLevel.error,
+        )
         return Refusal(503, "over-capacity", "admission failed")
 
     @staticmethod

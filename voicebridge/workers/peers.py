@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from twisted.application.service import Service
 from twisted.internet import defer, protocol
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from voicebridge.observe.logs import printable
 from voicebridge.workers import control
@@ -274,4 +274,5 @@ def deliver(decoder: control.LineDecoder, data: bytes, handle, sender: str, **fi
                 sender=sender,
                 op=message["op"],
                 **fields,
+                level=LogLevel.error,
             )

@@ -496,7 +496,7 @@ class OpenAIRealtimeHandler(Handler):
             "realtime callSid={callSid} {role}: {text}",
             event_name="realtime.transcript",
             role=role,
-            text=printable(text, MAX_TRANSCRIPT),
+            text=self.call.loggable(text, MAX_TRANSCRIPT),
             **self.call.ids,
         )
 
