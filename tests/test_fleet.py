@@ -243,6 +243,38 @@ def test_redis_restarted_under_twenty_live_calls_cuts_none_and_the_counts_come_b
 
 
 @pytest_twisted.inlineCallbacks
+def test_a_stream_that_started_elsewhere_while_redis_was_away_is_that_machines_call_once_it_is_back(fleet):
+    """The claim at ``start`` missed Redis; the renewal after it returns makes the reservation the
+    answering machine put back into the call started on the other, and tells the answering one."""
+    from twisted.internet import reactor
+
+    f = yield in_thread(lambda: fleet(count=2))
+    f.redis.stop(signal.SIGKILL)
+    yield in_thread(wait_until, lambda: all(m.named("fleet.redis_down") for m in f.machines), 10)
+    sid = "CA" + "4" * 32
+    body = yield in_thread(f.webhook, sid, "+15550100002", f.machines[0].port)
+    call = f.play(reactor, sid, body, 1, frames=3000)
+    yield in_thread(wait_until, lambda: f.machines[1].named("call.started", callSid=sid), 10)
+    f.redis.start()  # empty: machine 0 puts its reservation back, machine 1 its started call
+
+    def started_on_machine_1():
+        held = f.redis.calls().get(sid, {})
+        return held.get("s") == "started" and held.get("m") == f.names[1] and held
+
+    yield in_thread(wait_until, started_on_machine_1, 4 * LEASE)
+    yield sleep(reactor, LEASE)  # a renewal of each: machine 0's reservation does not come back over it
+    assert started_on_machine_1()
+    hung = yield in_thread(f.control, 0, "hangup", sid)
+    assert hung.returncode == 0 and f"machine={f.names[1]}" in hung.stdout, (hung.stdout, hung.stderr)
+    outcome = yield call.addTimeout(10, reactor)
+    assert outcome.closed_by_server and outcome.close_code == 1000
+    yield in_thread(wait_until, lambda: f.redis.live_slots() == [], 10)
+    f.machines[0].proc.send_signal(signal.SIGTERM)
+    draining = yield in_thread(f.machines[0].wait_for, lambda e: e.get("event_name") == "service.draining")
+    assert draining["answered"] == 0, "machine 0 heard of the claim: its reservation is not waited for (nor missed)"
+
+
+@pytest_twisted.inlineCallbacks
 def test_call_control_on_one_machine_hangs_up_a_call_another_holds(fleet, tmp_path):
     from twisted.internet import reactor
 

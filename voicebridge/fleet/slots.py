@@ -173,7 +173,9 @@ return released
 # KEYS: slots, calls. ARGV: prefix, machine, lease ms, number of tenants N, N tenant ids, then
 # (sid, tenant, kind, ms) for each call: kind 's' a started call held here (ms: since it started),
 # 'r' a reservation made here (ms: time left). A started call gets a new deadline, and is put back
-# if Redis lost it (a restart); a reservation only comes back if the slot is gone, with its own time.
+# if Redis lost it (a restart) or still holds it as another machine's reservation (its claim missed
+# Redis: that machine hears of the claim); a reservation only comes back if the slot is gone, and
+# one whose call started on another machine meanwhile is told so (a 'claimed' on its own channel).
 # -> {put back, fleet count, count of each tenant}.
 RENEW = (
     _COMMON
@@ -187,15 +189,33 @@ local i = 5 + ntenants
 while i + 3 <= #ARGV do
   local sid, tenant, kind, ms = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
   if kind == 's' then
-    if redis.call('HEXISTS', KEYS[2], sid) == 0 then
+    local raw = redis.call('HGET', KEYS[2], sid)
+    local info = raw and cjson.decode(raw) or nil
+    if not info or info.m ~= machine or info.s ~= 'started' then
+      -- Lost (a restart), or still the reservation of the machine that answered: the claim at
+      -- start missed Redis. The call is started here; that machine hears it, as CLAIM tells it.
       back = back + 1
-      redis.call('HSET', KEYS[2], sid, cjson.encode({t = tenant, m = machine, s = 'started', at = now - ms, by = machine}))
+      local by = (info and info.by) or machine
+      if info and info.t and info.t ~= '' and info.t ~= tenant then
+        redis.call('ZREM', tenant_key(info.t), sid)
+      end
+      redis.call('HSET', KEYS[2], sid, cjson.encode({t = tenant, m = machine, s = 'started', at = now - ms, by = by}))
+      if by ~= machine then
+        redis.call('PUBLISH', ARGV[1] .. ':m:' .. by, cjson.encode({op = 'claimed', sid = sid, by = machine}))
+      end
     end
     redis.call('ZADD', KEYS[1], now + lease, sid)
     if tenant ~= '' then redis.call('ZADD', tenant_key(tenant), now + lease, sid) end
   elseif not redis.call('ZSCORE', KEYS[1], sid) then
     back = back + 1
     take(sid, tenant, now + ms, {t = tenant, m = machine, s = 'reserved', at = now, by = machine})
+  else
+    local raw = redis.call('HGET', KEYS[2], sid)
+    local info = raw and cjson.decode(raw) or {}
+    if info.s == 'started' and info.m ~= machine then
+      -- Started elsewhere while this machine could not hear it (Redis was away): it hears it now.
+      redis.call('PUBLISH', ARGV[1] .. ':m:' .. machine, cjson.encode({op = 'claimed', sid = sid, by = info.m}))
+    end
   end
   i = i + 4
 end
