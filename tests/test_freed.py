@@ -27,6 +27,21 @@ from voicebridge.web.channel import BoundedChannel, BoundedRequest
 SERVER_TYPES = (Call, CallGuards, MediaStreamProtocol, BoundedChannel, BoundedRequest, RelayHandler, UpstreamProtocol)
 
 
+@pytest.fixture(autouse=True)
+def reactor_as_found(monkeypatch):
+    """makeService engages the fast path on the process's reactor: put it back for the tests after."""
+    from twisted.internet import reactor
+
+    from voicebridge.fastpath import leanloop
+    from voicebridge.net.leanclient import LeanClientFrames
+
+    monkeypatch.setattr(LeanClientFrames, "lean", LeanClientFrames.lean)
+    installed = getattr(reactor.doIteration, "__func__", None) is leanloop._poll
+    yield
+    if not installed:
+        leanloop.uninstall(reactor)
+
+
 def serve(reactor, *args):
     options = Options()
     options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1", *args])

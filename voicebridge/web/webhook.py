@@ -79,9 +79,11 @@ class VoiceWebhook(TwilioRequest):
 
         over = self.admission.call(fields.get("CallSid"), tenant)
         if isinstance(over, defer.Deferred):  # the fleet's answer (--redis): Redis is asked first
+            gone: list = []  # Twilio may give up meanwhile: notifyFinish fails when the connection is lost
+            request.notifyFinish().addErrback(gone.append)
             over.addErrback(self._admission_failed, call_sid)
             over.addCallback(
-                lambda o: self._later(request, self._admitted(request, view, fields, tenant, context, stream_url, o))
+                lambda o: self._later(request, gone, self._admitted(request, view, fields, tenant, context, stream_url, o))
             )
             return NOT_DONE_YET
         return self._admitted(request, view, fields, tenant, context, stream_url, over)
@@ -94,8 +96,8 @@ class VoiceWebhook(TwilioRequest):
         return Refusal(503, "over-capacity", "admission failed")
 
     @staticmethod
-    def _later(request, body: bytes) -> None:
-        if not request.finished and not request._disconnected:  # Twilio may have given up meanwhile
+    def _later(request, gone: list, body: bytes) -> None:
+        if not request.finished and not gone:
             request.write(body)
             request.finish()
 
