@@ -51,6 +51,19 @@ def test_options_check_workers_and_their_listen_endpoints():
             Options().parseOptions(args)
 
 
+def test_call_control_across_workers_needs_the_fleets_redis(tmp_path):
+    token = tmp_path / "control-token"
+    token.write_text("control-token-0123456789abcdef")
+    with pytest.raises(usage.UsageError, match="--control-token-file with --workers 2 needs --redis"):
+        Options().parseOptions(["--workers", "2", "--control-token-file", str(token)])
+    alone = Options()
+    alone.parseOptions(["--workers", "1", "--control-token-file", str(token)])
+    assert alone["control_token"] is not None, "one process sees every call"
+    fleet = Options()
+    fleet.parseOptions(["--workers", "2", "--control-token-file", str(token), "--redis", "redis://127.0.0.1:6390/0"])
+    assert fleet["fleet"] is not None
+
+
 def test_parse_listen():
     tcp = sockets.parse_listen("tcp:8080:interface=127.0.0.1:backlog=100")
     assert (tcp.kind, tcp.port, tcp.interface, tcp.backlog, tcp.per_worker, tcp.family) == (

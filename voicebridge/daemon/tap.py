@@ -214,6 +214,12 @@ class Options(usage.Options):
             )
         except ConfigError as e:
             raise usage.UsageError(str(e).replace("--auth-token-file", "--control-token-file")) from None
+        if self["control_token"] is not None and (self["worker_count"] or 1) > 1 and self["fleet"] is None:
+            raise usage.UsageError(
+                f"--control-token-file with --workers {self['workers']} needs --redis: call control finds calls "
+                "through the fleet's Redis, and without it each worker would see only its own; add --redis "
+                "(a redis-server on this machine is enough) or serve from one process"
+            )
         self["handler_name"] = self["handler"] or self["config_obj"].handler or DEFAULT_HANDLER
         self["handlers"] = None
         try:  # once, here: the daemon and check-config use what is resolved
