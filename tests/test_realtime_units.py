@@ -140,6 +140,7 @@ class FakeCall:
         self.ids = {"callSid": "CA1", "conn": 1}
         self.call_sid = "CA1"
         self.sent, self.wishes, self.errors = [], [], []
+        self.details = []  # (reason, detail) of each protocol error
         self.hung_up = None
 
     def send_audio(self, audio):
@@ -156,6 +157,7 @@ class FakeCall:
 
     def protocol_error(self, reason, detail):
         self.errors.append(reason)
+        self.details.append((reason, detail))
 
     def say_and_hang_up(self, message, why, reason="hangup"):
         self.wishes.append(("say", message, why))
@@ -248,7 +250,7 @@ def test_bad_audio_from_the_provider_never_reaches_twilio(monkeypatch):
     handler, call, clock = open_handler(monkeypatch)
     provider(handler, type="response.output_audio.delta", item_id="item_1", response_id="r", delta="not base64!")
     handler.from_provider(b"{not json")
-    assert call.sent == [] and call.errors == ["realtime-bad-audio", "realtime-bad-event"]
+    assert call.sent == [] and call.errors == ["realtime-bad-audio", "realtime-invalid-json"]
 
 
 def test_transfer_waits_for_the_last_words_then_dials(monkeypatch):

@@ -22,6 +22,11 @@ One WebSocket per call to the API (``url``, default ``wss://api.openai.com/v1/re
   ``error`` event, a stalled response) end the stream with the ``relay``'s fallback (``hangup``,
   or ``say`` ``message``), a ``realtime.failed`` line with a reason code, and a metric.
 - The provider link always closes with the call.
+- The API is a peer we do not control: each of its messages is checked before any field is read
+  (``events.parse_event``: a JSON object, a string ``type`` of at most 128 characters, nested at most
+  32 deep) and each field read is type-checked; anything else is a ``realtime-*`` protocol error,
+  counted, logged once per call and dropped. Metric labels taken from its values (tool names, error
+  codes) are a fixed set, the rest counted as ``other`` (``stats.py``).
 
 The link uses ``voicebridge.net.leanclient``'s frame path: Autobahn's general client path made a
 relayed call cost 4.5 times an echoed one (docs/benchmarks.md has this handler's figure).
@@ -45,9 +50,10 @@ from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 from voicebridge.handlers.api import USER_AGENT, Handler, LeanClientFrames, Logger, endpoint_for, printable, redact_url
+from voicebridge.handlers.openai_realtime import events as ev
 from voicebridge.handlers.openai_realtime import options as opts
 from voicebridge.handlers.openai_realtime.playback import Playback
-from voicebridge.handlers.openai_realtime.stats import RealtimeCollector, stats_for
+from voicebridge.handlers.openai_realtime.stats import BENIGN_ERRORS, RealtimeCollector, error_label, stats_for, tool_label
 
 log = Logger(namespace="voicebridge.realtime")
 
@@ -60,8 +66,6 @@ MAX_TRANSCRIPTS = 1000  # lines kept for the recording's sidecar
 BYE_MARK = "vb-rt-bye"
 APPEND_HEAD = b'{"type":"input_audio_buffer.append","audio":"'
 APPEND_TAIL = b'"}'
-# Error codes the handler's own best-effort requests may draw (a cancel that raced the response's end).
-BENIGN_ERRORS = {"response_cancel_not_active", "conversation_already_has_active_response"}
 
 _b2a = binascii.b2a_base64
 _a2b = binascii.a2b_base64
@@ -329,30 +333,34 @@ class OpenAIRealtimeHandler(Handler):
     # The provider -> the call.
 
     def from_provider(self, payload: bytes) -> None:
+        """One message from the provider: checked (``events.parse_event``), then dispatched; never raises.
+
+        A message that is not a readable event is counted and logged once per call (``protocol_error``
+        with its reason) and dropped; so is an event with a field of the wrong type.
+        """
         if self.state != OPEN:
             return
         try:
-            event = orjson.loads(payload)
-            kind = event["type"]
-        except (orjson.JSONDecodeError, TypeError, KeyError):
-            self.call.protocol_error("realtime-bad-event", f"the Realtime API sent {len(payload)} bytes that are not an event")
-            return
-        if kind == "response.output_audio.delta":
-            self._delta(event)
-            return
-        self.heard_at = self.clock.seconds()
-        handler = self._events.get(kind)
-        if handler is not None:
-            try:
+            event, kind = ev.parse_event(payload)
+            if kind == "response.output_audio.delta":
+                self._delta(event)
+                return
+            self.heard_at = self.clock.seconds()
+            handler = self._events.get(kind)
+            if handler is not None:
                 handler(self, event)
-            except (KeyError, TypeError, AttributeError, ValueError) as e:
-                self.call.protocol_error("realtime-bad-event", f"{printable(kind, 60)}: {e!r:.120}")
+        except ev.BadEvent as e:
+            self.call.protocol_error(e.reason, e.detail)
+        except (LookupError, TypeError, AttributeError, ValueError, RecursionError) as e:  # a check above was missed
+            self.call.protocol_error("realtime-bad-field", f"{type(e).__name__} reading an event: {printable(str(e), 120)}")
 
     def _delta(self, event: dict) -> None:
         call = self.call
         if self.stopped:
             return
         item_id = event.get("item_id")
+        if type(item_id) is not str or not 0 < len(item_id) <= ev.MAX_ID_LENGTH:
+            ev.text(event, "item_id", "response.output_audio.delta")  # raises BadEvent: what the field was
         if item_id in self.cut_items or event.get("response_id") in self.cut_responses:
             return  # in flight when the caller barged in: never played
         delta = event.get("delta")
@@ -361,7 +369,7 @@ class OpenAIRealtimeHandler(Handler):
         except (TypeError, ValueError, binascii.Error):
             call.protocol_error("realtime-bad-audio", "response.output_audio.delta carried no base64 audio")
             return
-        if not audio or type(item_id) is not str:
+        if not audio:
             return
         self.heard_at = self.clock.seconds()
         self.deltas += 1
@@ -384,13 +392,13 @@ class OpenAIRealtimeHandler(Handler):
                 self.waiting_for = None
 
     def _response_created(self, event) -> None:
-        self.responding = event["response"]["id"]
+        self.responding = ev.text(ev.section(event, "response", "response.created"), "id", "response.created.response")
         self.response_audio = False
         self._arm("a response")
 
     def _response_done(self, event) -> None:
-        response = event.get("response") or {}
-        self.responding = None
+        response = event.get("response")
+        self.responding = None  # over, whatever else the event holds
         self.waiting_for = None
         spoke = self.response_audio
         self.response_audio = False
@@ -398,9 +406,18 @@ class OpenAIRealtimeHandler(Handler):
             self.ending_after_response = False  # the last words asked for: sent whole
             self._goodbye_played()
             return
+        if type(response) is not dict:
+            if response is not None:
+                self.call.protocol_error("realtime-bad-field", f"response.done.response is a JSON {ev.json_type(response)}")
+            return
+        output = response.get("output")
+        if type(output) is not list:
+            if output is not None:
+                self.call.protocol_error("realtime-bad-field", f"response.done.response.output is a JSON {ev.json_type(output)}")
+            return
         if response.get("status") != "cancelled":
-            for item in response.get("output") or ():
-                if isinstance(item, dict) and item.get("type") == "function_call":
+            for item in output:
+                if type(item) is dict and item.get("type") == "function_call":
                     self._tool(item, spoke)
 
     def _speech_started(self, event) -> None:
@@ -464,20 +481,24 @@ class OpenAIRealtimeHandler(Handler):
         )
 
     def _error(self, event) -> None:
-        err = event.get("error") or {}
-        code = printable(err.get("code") or err.get("type") or "unknown", 60)
-        caused_by = str(err.get("event_id") or "")
-        if code in BENIGN_ERRORS or caused_by.startswith(("vb-truncate-", "vb-cancel-")):
-            self.stats.provider_errors[code] += 1
+        err = event.get("error")
+        if type(err) is not dict:  # still the provider saying something failed: an error event without its details
+            err = {}
+        code, kind = err.get("code"), err.get("type")
+        code = code if type(code) is str and code else kind if type(kind) is str and kind else "unknown"
+        caused_by = err.get("event_id")
+        ours = type(caused_by) is str and caused_by.startswith(("vb-truncate-", "vb-cancel-"))
+        if code in BENIGN_ERRORS or ours:
+            self.stats.provider_errors[error_label(code)] += 1
             log.info(
                 "realtime callSid={callSid}: the API refused a best-effort request: {code}",
                 event_name="realtime.provider_error",
-                code=code,
-                message=printable(err.get("message"), 200),
+                code=printable(code, 60),
+                message=ev.shown(err.get("message"), 200),
                 **self.call.ids,
             )
             return
-        self._fail("error-event", f"{printable(err.get('type'), 60)} {code}: {printable(err.get('message'), 200)}")
+        self._fail("error-event", f"{ev.shown(kind, 60)} {printable(code, 60)}: {ev.shown(err.get('message'), 200)}")
 
     def _caller_transcript(self, event) -> None:
         self._transcript("caller", event.get("transcript"))
@@ -515,14 +536,11 @@ class OpenAIRealtimeHandler(Handler):
 
     def _tool(self, item: dict, spoke: bool) -> None:
         name, call_id = item.get("name"), item.get("call_id")
-        try:
-            arguments = orjson.loads(item.get("arguments") or "{}")
-        except orjson.JSONDecodeError:
-            arguments = None
-        if not isinstance(arguments, dict):
-            arguments = {}
+        if type(call_id) is not str or len(call_id) > ev.MAX_ID_LENGTH:
+            call_id = None  # no output goes back for it (_tool_output)
+        arguments = ev.arguments(item.get("arguments"))
         if self.ending is not None:
-            self.stats.tool_calls[(printable(name, 40), "ignored")] += 1
+            self.stats.tool_calls[(tool_label(name), "ignored")] += 1
             return
         if name == "end_call":
             self.stats.tool_calls[("end_call", "ok")] += 1
@@ -542,15 +560,16 @@ class OpenAIRealtimeHandler(Handler):
                 log.info(
                     "realtime callSid={callSid}: transfer to {destination} refused: not in transfers ({known})",
                     event_name="realtime.transfer_refused",
-                    destination=printable(destination, 64),
+                    destination=ev.shown(destination, 64),
                     known=known,
                     **self.call.ids,
                 )
-                self._tool_output(call_id, {"ok": False, "error": f"unknown destination {destination!r}; known: {known}"})
+                error = f"unknown destination '{ev.shown(destination, 64)}'; known: {known}"
+                self._tool_output(call_id, {"ok": False, "error": error})
                 self._create_response()
         else:
-            self.stats.tool_calls[(printable(name, 40), "unknown")] += 1
-            self._tool_output(call_id, {"ok": False, "error": f"no tool named {name!r}"})
+            self.stats.tool_calls[(tool_label(name), "unknown")] += 1
+            self._tool_output(call_id, {"ok": False, "error": f"no tool named '{ev.shown(name, 64)}'"})
             self._create_response()
 
     def _tool_output(self, call_id, output: dict) -> None:

@@ -17,6 +17,26 @@ BRIDGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5
 # The caller stops speaking to the first audio byte sent to Twilio: the model's time, mostly.
 TURN_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 
+# Labels come from a fixed set: a tool name or an error code the provider sends is a label only when known
+# here, anything else is counted as "other" (a provider sending 5,000 distinct names makes one series, not 5,000).
+OTHER = "other"
+TOOLS = frozenset({"end_call", "transfer_call"})
+# Error codes the handler's own best-effort requests may draw (a cancel that raced the response's end).
+BENIGN_ERRORS = frozenset({"response_cancel_not_active", "conversation_already_has_active_response"})
+# The codes (or, without one, the error types) an error event that does not end the call is counted under:
+# the benign ones, what a late truncate draws (invalid_value), the documented types, and "unknown" (none given).
+ERROR_CODES = BENIGN_ERRORS | {"invalid_value", "invalid_request_error", "server_error", "unknown"}
+
+
+def tool_label(name) -> str:
+    """The ``tool`` label of a tool call: the name when it is one of ours, else "other"."""
+    return name if type(name) is str and name in TOOLS else OTHER
+
+
+def error_label(code) -> str:
+    """The ``code`` label of a provider error: the code when known, else "other"."""
+    return code if type(code) is str and code in ERROR_CODES else OTHER
+
 
 class Buckets:
     """A histogram without Prometheus: counts per bucket (not cumulative), a sum and a count."""
@@ -60,9 +80,9 @@ class RealtimeStats:
         self.barge_ins = 0
         self.barge_ins_ignored = 0  # speech shorter than barge_in_min_ms: playback went on
         self.truncations = 0
-        self.tool_calls: Counter = Counter()  # (tool, outcome) -> calls
+        self.tool_calls: Counter = Counter()  # (tool_label(name), outcome) -> calls
         self.failures: Counter = Counter()  # reason -> calls whose provider link failed
-        self.provider_errors: Counter = Counter()  # error code -> error events that did not end the call
+        self.provider_errors: Counter = Counter()  # error_label(code) -> error events that did not end the call
         self.turn = Buckets(TURN_BUCKETS)
         self.bridge = Buckets(BRIDGE_BUCKETS)
 
