@@ -143,12 +143,17 @@ class _Factory(txredisapi.RedisFactory):
 
     def startConnecting(self, endpoint):
         endpoint = _ReportingEndpoint(endpoint, self.owner)
+        pool_slot = getattr(txredisapi, "_PoolSlot", None)
+        if pool_slot is None or not hasattr(ClientService, "_log"):
+            # Another txredisapi or Twisted than the one these private names come from: connect as it does
+            # (its retries are logged by Twisted, more chattily), rather than fail at start-up.
+            return super().startConnecting(endpoint)
         for _ in range(self.poolsize):
             # Twisted's ClientService logs every retry, taking its logger when it is made: fleet.redis_down
             # and fleet.redis_unreachable say it once instead.
             saved, ClientService._log = ClientService._log, _QUIET
             try:
-                slot = txredisapi._PoolSlot(self, endpoint, self.reconnect)
+                slot = pool_slot(self, endpoint, self.reconnect)
             finally:
                 ClientService._log = saved
             self.slots.append(slot)
@@ -285,8 +290,12 @@ class Redis:
                      reason=printable(text, 300))
 
     def _message(self, channel, message) -> None:
+        """From the subscriber connection: nothing may escape, or txredisapi drops the connection."""
         if self.on_message is not None:
-            self.on_message(channel, message)
+            try:
+                self.on_message(channel, message)
+            except Exception:
+                log.failure("a message on {channel} failed", event_name="fleet.error", channel=printable(channel, 100))
 
     # Commands.
 

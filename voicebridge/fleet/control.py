@@ -12,6 +12,7 @@ without ``--control-token-file``.
 from __future__ import annotations
 
 import base64
+import binascii
 import hmac
 import io
 import itertools
@@ -24,6 +25,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from voicebridge.audio.codec import pcm16_to_ulaw
+from voicebridge.fleet import slots
 from voicebridge.fleet.client import Unavailable
 from voicebridge.observe.logs import printable
 
@@ -73,7 +75,13 @@ def act_on(call, action: str, args: dict) -> dict:
         call.send_mark(name)
         return {"done": "mark", "name": name}
     if action == "play":
-        audio = base64.b64decode(args.get("audio") or "")
+        encoded = args.get("audio") or ""
+        if not isinstance(encoded, str):
+            raise ControlError(400, "play's audio must be a base64 string")
+        try:
+            audio = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise ControlError(400, "play's audio is not valid base64") from None
         if not audio:
             raise ControlError(400, "play needs audio in the body")
         for i in range(0, len(audio), FRAME):
@@ -123,8 +131,6 @@ class CallControl:
         """-> {"source": "fleet"|"machine", "calls": [...]}; without Redis, this machine's calls only."""
         if self.fleet is None:
             return defer.succeed({"source": "machine", "calls": self._local_list()})
-        from voicebridge.fleet import slots
-
         script, keys, args = slots.list_call(self.fleet.keys, MAX_LIST)
 
         def listed(reply):
@@ -146,7 +152,9 @@ class CallControl:
     def act(self, call_sid: str, action: str, args: dict):
         """-> the answer (a dict); raises ControlError."""
         if action not in ACTIONS:
-            raise ControlError(404, f"no action {action!r}: {', '.join(ACTIONS)}")
+            raise ControlError(404, f"no action {printable(action, 40)!r}: {', '.join(ACTIONS)}")
+        if not slots.is_sid(call_sid):
+            raise ControlError(400, f"{printable(call_sid, 70)!r} is not a CallSid (letters and digits, at most 64)")
         call = self.local(call_sid)
         if call is not None:
             result = act_on(call, action, args)
@@ -158,16 +166,28 @@ class CallControl:
             raw = yield self.fleet.redis.hget(self.fleet.keys.calls, call_sid, ROUTE_TIMEOUT)
         except Unavailable as e:
             raise ControlError(503, f"Redis is unavailable ({e}); only this machine's calls can be reached") from None
-        info = json.loads(raw) if raw else None
+        try:
+            info = json.loads(raw) if raw else None
+        except (ValueError, TypeError, RecursionError):
+            raise ControlError(502, f"the fleet's record of {call_sid} on Redis is not readable") from None
+        if info is not None and not isinstance(info, dict):
+            raise ControlError(502, f"the fleet's record of {call_sid} on Redis is not readable")
         if not info or info.get("s") != STARTED:
             raise ControlError(404, f"no live call {call_sid} in the fleet" + (" (its stream has not started)" if info else ""))
         machine = info.get("m")
+        if not isinstance(machine, str) or not machine or len(machine) > slots.MAX_NAME:
+            raise ControlError(502, f"the fleet's record of {call_sid} on Redis names no machine")
         request_id = f"{self.machine}/{next(self._ids)}"
         waiting = self._waiting[request_id] = defer.Deferred()
         message = {"op": "control", "id": request_id, "sid": call_sid, "action": action, "args": args,
                    "reply": self.fleet.channel}
+        text = json.dumps(message)
+        if len(text) > slots.MAX_MESSAGE:
+            self._waiting.pop(request_id, None)
+            raise ControlError(413, f"too large to relay to machine {machine}, which holds {call_sid}: "
+                                    f"{len(text)} characters, at most {slots.MAX_MESSAGE} (send less audio)")
         try:
-            heard = yield self.fleet.redis.publish(self.fleet.keys.machine(machine), json.dumps(message), ROUTE_TIMEOUT)
+            heard = yield self.fleet.redis.publish(self.fleet.keys.machine(machine), text, ROUTE_TIMEOUT)
         except Unavailable as e:
             self._waiting.pop(request_id, None)
             raise ControlError(503, f"Redis is unavailable ({e})") from None
@@ -181,9 +201,13 @@ class CallControl:
             timer.cancel()
         if reply is None:
             raise ControlError(504, f"machine {machine} did not answer within {ROUTE_TIMEOUT:g}s")
-        if reply.get("status", 200) != 200:
-            raise ControlError(reply["status"], reply.get("error", "failed"))
-        return reply.get("result", {})
+        status = reply.get("status")
+        if type(status) is not int or not 100 <= status <= 599:  # parse_message lets none through: a last guard
+            raise ControlError(502, f"machine {machine} answered with no valid status")
+        if status != 200:
+            raise ControlError(status, printable(reply.get("error") or "failed", slots.MAX_ERROR))
+        result = reply.get("result")
+        return result if isinstance(result, dict) else {}
 
     def _logged(self, call_sid, action, machine, origin=None):
         log.info(
@@ -198,24 +222,22 @@ class CallControl:
     # Another machine's requests, and the answers to ours (this machine's Redis channel).
 
     def _remote_request(self, message: dict) -> None:
-        sid = str(message.get("sid", ""))
-        action = str(message.get("action", ""))
-        args = message.get("args") if isinstance(message.get("args"), dict) else {}
+        """A ``control`` message, as ``slots.parse_message`` passed it: every field is there, of its type."""
+        sid, action, args = message["sid"], message["action"], message["args"]
         call = self.local(sid)
         try:
             if call is None:
                 raise ControlError(404, f"no live call {sid} on {self.machine} any more")
             result = {**act_on(call, action, args), "callSid": sid, "machine": self.machine}
-            self._logged(sid, action, self.machine, origin=str(message.get("reply", "?")).rsplit(":", 1)[-1])
-            reply = {"op": "control-reply", "id": message.get("id"), "status": 200, "result": result}
+            self._logged(sid, action, self.machine, origin=message["reply"].rsplit(":", 1)[-1])
+            reply = {"op": "control-reply", "id": message["id"], "status": 200, "result": result}
         except ControlError as e:
-            reply = {"op": "control-reply", "id": message.get("id"), "status": e.status, "error": str(e)}
-        channel = message.get("reply")
-        if isinstance(channel, str) and channel.startswith(self.fleet.keys.prefix + ":m:"):
-            self.fleet.redis.publish(channel, json.dumps(reply), ROUTE_TIMEOUT).addErrback(lambda _: None)
+            reply = {"op": "control-reply", "id": message["id"], "status": e.status, "error": str(e)}
+        channel = message["reply"]  # a machine channel of this fleet (parse_message checked)
+        self.fleet.redis.publish(channel, json.dumps(reply), ROUTE_TIMEOUT).addErrback(lambda _: None)
 
     def _remote_reply(self, message: dict) -> None:
-        waiting = self._waiting.get(str(message.get("id")))
+        waiting = self._waiting.get(message["id"])
         if waiting is not None and not waiting.called:
             waiting.callback(message)
 
@@ -262,22 +284,43 @@ class CallsResource(Resource):
             else:
                 raise ControlError(404, "GET /calls, or POST /calls/CALLSID/{hangup,clear,mark,play}")
         except ControlError as e:
-            request.setResponseCode(e.status)
+            request.setResponseCode(_status(e.status))
             return json.dumps({"error": str(e)}).encode() + b"\n"
 
+        gone = []  # the client went away before the answer: nothing to write to
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+
         def answer(result):
-            if not request.finished and not request._disconnected:
-                request.write(json.dumps(result).encode() + b"\n")
-                request.finish()
+            if request.finished or gone:
+                return
+            try:
+                body = json.dumps(result).encode() + b"\n"
+            except (TypeError, ValueError, RecursionError):
+                request.setResponseCode(502)
+                body = b'{"error": "the answer could not be encoded"}\n'
+            request.write(body)
+            request.finish()
 
         def failed(failure):
             error = failure.value
             if isinstance(error, ControlError):
-                request.setResponseCode(error.status)
+                request.setResponseCode(_status(error.status))
                 return {"error": str(error)}
             log.failure("call control failed", failure, event_name="control.error", level=LogLevel.error)
             request.setResponseCode(500)
             return {"error": "internal error"}
 
-        d.addErrback(failed).addCallback(answer)
+        def unfinished(failure):  # a last resort: the request always finishes
+            log.failure("call control could not answer", failure, event_name="control.error", level=LogLevel.error)
+            if not request.finished and not gone:
+                request.setResponseCode(500)
+                request.write(b'{"error": "internal error"}\n')
+                request.finish()
+
+        d.addErrback(failed).addCallback(answer).addErrback(unfinished)
         return NOT_DONE_YET
+
+
+def _status(status) -> int:
+    """An HTTP status to answer with: a ControlError's, or 502 for one a peer made up."""
+    return status if type(status) is int and 100 <= status <= 599 else 502

@@ -21,7 +21,6 @@ that could not be sent, wait here; when Redis is back, the next renewal puts eve
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 
@@ -74,6 +73,8 @@ class Fleet:
         self.handlers = {}  # op -> callable(message), for messages on this machine's channel (control.py)
         self._warned_at = None
         self._unwarned = 0
+        self._bad_warned: dict[str, float] = {}  # BadMessage reason -> when it was last warned of
+        self._bad_counts: dict[str, int] = {}  # BadMessage reason -> dropped since
         self._scan_call = None
         self._renewing = None
         self._previous_census = registry.on_census
@@ -288,20 +289,48 @@ class Fleet:
     # This machine's channel.
 
     def _message(self, channel, raw) -> None:
+        """Whatever a peer (or anyone who can PUBLISH on this Redis) sent: checked, dropped if bad; never raises."""
         try:
-            message = json.loads(raw)
+            message = slots.parse_message(raw, self.keys)
+        except slots.BadMessage as e:
+            self._bad_message(channel, e)
+            if e.reply_id is not None:  # our request's answer, malformed: the request fails now (502), not at its timeout
+                message = {"op": "control-reply", "id": e.reply_id, "status": 502, "result": {},
+                           "error": f"the machine that holds the call answered malformed ({e})"}
+            else:
+                return
+        try:
             op = message["op"]
-        except (ValueError, TypeError, KeyError):
-            log.warn("a message on {channel} is not the fleet's", event_name="fleet.bad_message", channel=printable(channel, 100))
+            if op == "claimed":
+                sid = message["sid"]
+                self.capacity.peer_claimed(sid)  # its stream started on another machine: not expected here any more
+                self.capacity.peers.claimed(sid)
+                return
+            handler = self.handlers.get(op)
+            if handler is not None:
+                handler(message)
+        except Exception:
+            log.failure("a message on {channel} failed", event_name="fleet.error", channel=printable(channel, 100),
+                        level=LogLevel.error)
+
+    def _bad_message(self, channel, error) -> None:
+        """The ``fleet.bad_message`` warning: once per reason every ``WARN_EVERY`` seconds, with how many were dropped."""
+        now = self.reactor.seconds()
+        reason = error.reason
+        self._bad_counts[reason] = self._bad_counts.get(reason, 0) + 1
+        last = self._bad_warned.get(reason)
+        if last is not None and now - last < WARN_EVERY:
             return
-        if op == "claimed":
-            sid = str(message.get("sid", ""))
-            self.capacity.peer_claimed(sid)  # its stream started on another machine: not expected here any more
-            self.capacity.peers.claimed(sid)
-            return
-        handler = self.handlers.get(op)
-        if handler is not None:
-            handler(message)
+        self._bad_warned[reason] = now
+        log.warn(
+            "a message on {channel} is not the fleet's ({reason}: {detail}); {count} dropped for this reason "
+            "since the last warning",
+            event_name="fleet.bad_message",
+            channel=printable(channel, 100),
+            reason=reason,
+            detail=printable(error.detail, 120),
+            count=self._bad_counts.pop(reason),
+        )
 
     # What /metrics shows.
 

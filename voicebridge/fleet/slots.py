@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
+
+from voicebridge.twilio.messages import too_deep
 
 NO_LIMIT = -1
 PRUNE_BATCH = 500  # lapsed slots one script drops at most (the next one drops more): bounds its time
@@ -342,11 +345,16 @@ class FleetCall:
 
 
 def parse_list(reply) -> list[FleetCall]:
-    now = int(reply[0])
+    try:
+        now = int(reply[0])
+    except (ValueError, TypeError, IndexError, KeyError):
+        return []  # not the script's answer
     calls = []
     for i in range(1, len(reply) - 1, 2):
         try:
             info = json.loads(_text(reply[i + 1]))
+            if type(info) is not dict:
+                continue
             calls.append(
                 FleetCall(
                     _text(reply[i]),
@@ -357,7 +365,7 @@ def parse_list(reply) -> list[FleetCall]:
                     info.get("by"),
                 )
             )
-        except (ValueError, TypeError, AttributeError):
+        except (ValueError, TypeError, AttributeError, RecursionError):
             continue  # not ours: a field another version wrote
     return calls
 
@@ -366,3 +374,137 @@ def limit_message(limit: str, fleet_limit, tenant_id, tenant_limit) -> str:
     if limit == "fleet":
         return f"the fleet's limit of {fleet_limit} calls is reached (--fleet-max-calls)"
     return f"tenant {tenant_id}'s limit of {tenant_limit} calls is reached across the fleet (max_calls)"
+
+
+# Messages on a machine's channel (``Keys.machine``): whatever arrives there is a peer's input, and
+# anyone who can PUBLISH on the fleet's Redis can send anything. ``parse_message`` is the one gate:
+# a message it returns has the fields its ``op`` needs, each of the right type and size; anything
+# else raises ``BadMessage`` (never another error), and the machine drops it.
+
+MAX_MESSAGE = 256 * 1024  # characters: a relayed ``play`` carries its audio (a 64 KiB body) in base64
+MESSAGE_DEPTH = 4  # containers below the message itself (a request's args, a reply's result: 1)
+OPS = frozenset({"claimed", "control", "control-reply"})
+MAX_NAME = 200  # a machine name, a request id, a channel
+MAX_FIELD = 100  # an action, an argument's name, a reply's error is cut to MAX_ERROR
+MAX_ERROR = 500
+MAX_ARGS = 20
+_SID = re.compile(r"[A-Za-z0-9]{1,64}")  # a Twilio SID: two letters and 32 hex digits, or any short token like it
+_NAME = re.compile(r"[\x21-\x7e]{1,%d}" % MAX_NAME)  # printable ASCII, no space: host:pid, host:pid/7, {fleet}:m:...
+
+
+class BadMessage(ValueError):
+    """Not a message of the fleet's. ``reason``: a short fixed key (for rate-limited warnings); ``reply_id``:
+    a ``control-reply`` whose request is known but whose answer is malformed (its request fails with 502)."""
+
+    def __init__(self, reason: str, detail: str = "", reply_id: str | None = None):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+        self.reply_id = reply_id
+
+
+def is_sid(value) -> bool:
+    return type(value) is str and _SID.fullmatch(value) is not None
+
+
+def _is_name(value) -> bool:
+    return type(value) is str and _NAME.fullmatch(value) is not None
+
+
+def _is_text(value, limit: int) -> bool:
+    """A string of at most ``limit`` characters that encodes (no lone surrogate)."""
+    if type(value) is not str or len(value) > limit:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def parse_message(raw, keys: Keys) -> dict:
+    """A message heard on a machine's channel -> a dict checked for its ``op``; raises ``BadMessage`` only.
+
+    ``claimed``: ``sid`` (a SID), ``by`` (a machine name, optional). ``control``: ``id``, ``sid``,
+    ``action``, ``args`` (names to strings), ``reply`` (a machine channel of this fleet).
+    ``control-reply``: ``id``, ``status`` (an int, 100 to 599), ``result`` (an object) or ``error``
+    (a string; cut to ``MAX_ERROR``).
+    """
+    if not isinstance(raw, (str, bytes, bytearray)):
+        raise BadMessage("not-text", type(raw).__name__)
+    if len(raw) > MAX_MESSAGE:
+        raise BadMessage("too-long", f"{len(raw)} characters, at most {MAX_MESSAGE}")
+    try:
+        message = json.loads(raw)
+    except RecursionError:
+        raise BadMessage("too-deep", "nested past what the parser takes") from None
+    except (ValueError, TypeError):  # UnicodeDecodeError, and an int of too many digits, are ValueErrors
+        raise BadMessage("not-json") from None
+    if type(message) is not dict:
+        raise BadMessage("not-object", type(message).__name__)
+    if too_deep(message, MESSAGE_DEPTH):
+        raise BadMessage("too-deep", f"more than {MESSAGE_DEPTH} levels")
+    op = message.get("op")
+    if type(op) is not str or op not in OPS:
+        raise BadMessage("bad-op", _shown(op))
+    if op == "claimed":
+        return _claimed(message)
+    if op == "control":
+        return _control(message, keys)
+    return _control_reply(message)
+
+
+def _shown(value, limit: int = 60) -> str:
+    """A short, bounded description of a bad value (the warning prints it through ``printable``)."""
+    if type(value) is str:
+        return repr(value[:limit]) + ("..." if len(value) > limit else "")
+    if type(value) in (int, float, bool) or value is None:
+        text = repr(value) if type(value) is not int or abs(value) < 10**18 else "a large number"
+        return text[:limit]
+    return f"a {type(value).__name__}"
+
+
+def _claimed(message: dict) -> dict:
+    sid, by = message.get("sid"), message.get("by")
+    if not is_sid(sid):
+        raise BadMessage("bad-sid", _shown(sid))
+    if by is not None and not _is_name(by):
+        raise BadMessage("bad-machine", _shown(by))
+    return {"op": "claimed", "sid": sid, "by": by}
+
+
+def _control(message: dict, keys: Keys) -> dict:
+    request_id, sid, action = message.get("id"), message.get("sid"), message.get("action")
+    args, reply = message.get("args", {}), message.get("reply")
+    if not _is_name(request_id):
+        raise BadMessage("bad-id", _shown(request_id))
+    if not is_sid(sid):
+        raise BadMessage("bad-sid", _shown(sid))
+    if not _is_text(action, MAX_FIELD) or not action:
+        raise BadMessage("bad-action", _shown(action))
+    if not _is_name(reply) or not reply.startswith(keys.prefix + ":m:"):
+        raise BadMessage("bad-reply-channel", _shown(reply))
+    if type(args) is not dict or len(args) > MAX_ARGS:
+        raise BadMessage("bad-args", _shown(args))
+    for name, value in args.items():
+        if not _is_text(name, MAX_FIELD) or not _is_text(value, MAX_MESSAGE):
+            raise BadMessage("bad-args", f"{_shown(name)}: {_shown(value)}")
+    return {"op": "control", "id": request_id, "sid": sid, "action": action, "args": dict(args), "reply": reply}
+
+
+def _control_reply(message: dict) -> dict:
+    request_id = message.get("id")
+    if not _is_name(request_id):
+        raise BadMessage("bad-id", _shown(request_id))
+    status, result, error = message.get("status"), message.get("result", {}), message.get("error", "failed")
+    if type(status) is not int or not 100 <= status <= 599:
+        raise BadMessage("bad-status", _shown(status), reply_id=request_id)
+    if type(result) is not dict:
+        raise BadMessage("bad-result", _shown(result), reply_id=request_id)
+    if type(error) is not str:
+        raise BadMessage("bad-error", _shown(error), reply_id=request_id)
+    if not _is_text(error, len(error)):
+        error = error.encode("utf-8", "replace").decode("utf-8")
+    if len(error) > MAX_ERROR:
+        error = error[:MAX_ERROR] + "..."
+    return {"op": "control-reply", "id": request_id, "status": status, "result": result, "error": error}
