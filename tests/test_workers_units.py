@@ -62,6 +62,10 @@ def test_call_control_across_workers_needs_the_fleets_redis(tmp_path):
     fleet = Options()
     fleet.parseOptions(["--workers", "2", "--control-token-file", str(token), "--redis", "redis://127.0.0.1:6390/0"])
     assert fleet["fleet"] is not None
+    empty = tmp_path / "empty-token"
+    empty.write_text("\n")
+    with pytest.raises(usage.UsageError, match=f"--control-token-file {empty} is empty"):
+        Options().parseOptions(["--control-token-file", str(empty)])
 
 
 def test_parse_listen():

@@ -207,6 +207,21 @@ class Secret(str):
 TOKEN_VARIABLE = "TWILIO_AUTH_TOKEN"
 
 
+def read_secret_file(path: str, flag: str) -> Secret:
+    """A secret kept in a file (a token, a password, an API key), stripped. A file that cannot be read,
+    is not text or is empty is a ConfigError naming ``flag`` and the path, never a silent empty secret."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read().strip()
+    except OSError as e:
+        raise ConfigError(f"{flag} {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{flag} {path} is not a text file") from None
+    if not text:
+        raise ConfigError(f"{flag} {path} is empty")
+    return Secret(text)
+
+
 def read_auth_token(token_file: str | None = None, environ=os.environ) -> Secret | None:
     """The Twilio auth token: from ``token_file`` (``--auth-token-file``) when given, else ``TWILIO_AUTH_TOKEN``.
 
@@ -214,16 +229,7 @@ def read_auth_token(token_file: str | None = None, environ=os.environ) -> Secret
     flag (ConfigError), never a silent "no token": the daemon, ``probe`` and ``sign`` all read it here.
     """
     if token_file:
-        try:
-            with open(token_file, encoding="utf-8") as f:
-                token = f.read().strip()
-        except OSError as e:
-            raise ConfigError(f"--auth-token-file {token_file}: {e.strerror}") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"--auth-token-file {token_file} is not a text file") from None
-        if not token:
-            raise ConfigError(f"--auth-token-file {token_file} is empty")
-        return Secret(token)
+        return read_secret_file(token_file, "--auth-token-file")
     token = environ.get(TOKEN_VARIABLE, "").strip()
     return Secret(token) if token else None
 

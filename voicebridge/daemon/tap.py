@@ -17,7 +17,7 @@ from voicebridge import fleet, handlers
 from voicebridge.call.registry import CallRegistry
 from voicebridge.call.resolve import handlers_in_use, resolve_handlers
 from voicebridge.config import limits
-from voicebridge.config.file import DEFAULT_HANDLER, Config, ConfigError, Settings, load_config, read_auth_token
+from voicebridge.config.file import DEFAULT_HANDLER, Config, ConfigError, Settings, load_config, read_auth_token, read_secret_file
 from voicebridge.daemon import startup
 from voicebridge.daemon.service import AdoptedListenService, VoiceBridgeService
 from voicebridge.daemon.signals import ProcessSignals
@@ -210,10 +210,10 @@ class Options(usage.Options):
         self["fleet"] = fleet.from_options(self)
         try:
             self["control_token"] = (
-                read_auth_token(self["control-token-file"], {}) if self["control-token-file"] else None
+                read_secret_file(self["control-token-file"], "--control-token-file") if self["control-token-file"] else None
             )
         except ConfigError as e:
-            raise usage.UsageError(str(e).replace("--auth-token-file", "--control-token-file")) from None
+            raise usage.UsageError(str(e)) from None
         if self["control_token"] is not None and (self["worker_count"] or 1) > 1 and self["fleet"] is None:
             raise usage.UsageError(
                 f"--control-token-file with --workers {self['workers']} needs --redis: call control finds calls "

@@ -26,7 +26,7 @@ from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
 from twisted.logger import Logger
 
-from voicebridge.config.file import Secret
+from voicebridge.config.file import Secret, read_secret_file
 from voicebridge.observe.logs import printable
 
 log = Logger(namespace="voicebridge.fleet")
@@ -83,16 +83,7 @@ def parse_redis_url(url: str, password_file: str | None = None) -> RedisURL:
     password = Secret(unquote(parts.password)) if parts.password else None
     query = parse_qs(parts.query)
     if password_file:
-        try:
-            with open(password_file, encoding="utf-8") as f:
-                text = f.read().strip()
-        except OSError as e:
-            raise ValueError(f"--redis-password-file {password_file}: {e.strerror}") from None
-        except UnicodeDecodeError:
-            raise ValueError(f"--redis-password-file {password_file} is not a text file") from None
-        if not text:
-            raise ValueError(f"--redis-password-file {password_file} is empty")
-        password = Secret(text)
+        password = read_secret_file(password_file, "--redis-password-file")
     db_text = query.get("db", [""])[0] if scheme == "unix" else parts.path.strip("/")
     try:
         db = int(db_text) if db_text else 0

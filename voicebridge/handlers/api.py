@@ -16,6 +16,7 @@ import warnings
 from twisted.logger import Logger, LogLevel
 
 from voicebridge import __version__
+from voicebridge.config.file import Secret, read_secret_file
 from voicebridge.net.leanclient import LeanClientFrames
 from voicebridge.net.wsclient import endpoint_for, load_trust_root
 from voicebridge.observe.logs import mask_text, printable, redact_url
@@ -28,9 +29,11 @@ __all__ = [
     "LeanClientFrames",
     "Logger",
     "LogLevel",
+    "Secret",
     "endpoint_for",
     "load_trust_root",
     "printable",
+    "read_secret_file",
     "redact_url",
 ]
 

@@ -10,17 +10,10 @@ import os
 import re
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from voicebridge.handlers.api import load_trust_root
+from voicebridge.handlers.api import Secret, load_trust_root, read_secret_file
 
 DEFAULT_MESSAGE = "Sorry, this call cannot be connected right now. Please try again later."  # the relay's
 FALLBACKS = ("hangup", "say")  # the relay's
-
-
-class Secret(str):
-    """The API key: a string that never shows itself in a repr or a log."""
-
-    def __repr__(self):
-        return "Secret('***')"
 
 
 def check_url(url) -> str:
@@ -117,15 +110,7 @@ def provider_url(url: str, model: str) -> str:
 def read_api_key(path: str | None, environ=os.environ) -> Secret:
     """The API key: from the file ``path`` when given, else ``OPENAI_API_KEY``; never from a flag or the config."""
     if path:
-        try:
-            with open(path, encoding="utf-8") as f:
-                key = f.read().strip()
-        except OSError as e:
-            raise ValueError(f"api_key_file: {path}: {e.strerror}") from None
-        except UnicodeDecodeError:
-            raise ValueError(f"api_key_file: {path} is not a text file") from None
-        if not key:
-            raise ValueError(f"api_key_file: {path} is empty")
+        key = read_secret_file(path, "api_key_file:")
     else:
         key = environ.get(KEY_VARIABLE, "").strip()
         if not key:
