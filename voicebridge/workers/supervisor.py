@@ -329,25 +329,23 @@ class Supervisor(MultiService):
             return
         text = line.decode("utf-8", "replace").strip("\x1e\r\n")
         if text.strip():
-            log.warn(
-                "worker {worker}: {line}",
-                event_name="worker.output",
-                worker=worker.index,
-                worker_pid=worker.pid,
-                line=printable(text, 2000),
-            )
+            self._tell_output(worker, text)
 
     def tell_startup_output(self, worker: WorkerProcess) -> None:
         summary = worker.startup_output.summary()
         worker.startup_output.clear()
         if summary is not None:
-            log.warn(
-                "worker {worker}: {line}",
-                event_name="worker.output",
-                worker=worker.index,
-                worker_pid=worker.pid,
-                line=printable(summary, 2000),
-            )
+            self._tell_output(worker, summary)
+
+    @staticmethod
+    def _tell_output(worker: WorkerProcess, text: str) -> None:
+        log.warn(
+            "worker {worker}: {line}",
+            event_name="worker.output",
+            worker=worker.index,
+            worker_pid=worker.pid,
+            line=printable(text, 2000),
+        )
 
     def worker_ended(self, worker: WorkerProcess, status) -> None:
         self._send(self.books.ended(worker))
