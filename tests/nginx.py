@@ -32,6 +32,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ports(names) -> dict:
+    """A free port for each of ``names``, all different: each is held until every one is chosen.
+    (Calling free_port() once per name can hand out one port twice: nginx then merges the two
+    servers on it, and a plain-HTTP server answered with another's TLS certificate.)"""
+    held = []
+    try:
+        for _ in names:
+            s = socket.socket()
+            held.append(s)
+            s.bind(("127.0.0.1", 0))
+        return {name: s.getsockname()[1] for name, s in zip(names, held, strict=True)}
+    finally:
+        for s in held:
+            s.close()
+
+
 def wait_listening(port: int, timeout: float = 10, host: str = "127.0.0.1") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -21,7 +21,7 @@ from tests.conftest import TOKEN
 from tests.daemon import REPO, Daemon, source_env
 from tests.fakeapps import FakeApp
 from tests.mediaapp import listen_full
-from tests.nginx import Nginx, free_port
+from tests.nginx import Nginx, free_port, free_ports
 from tests.pki import PKI
 from voicebridge.tools.probe import ConnectTo, Probe, ProbeOptions
 
@@ -74,7 +74,7 @@ class Deployment:
             self.signed.start()
             self.dev.start()
             vb, dev, app = self.signed.port, self.dev.port, self.app.address
-            self.ports = {name: free_port() for name in SERVERS}
+            self.ports = free_ports(list(SERVERS))
             blocks = {
                 "vb-good": server(self.ports["vb-good"], good.fullchain, good.key, vb),
                 "vb-strip": server(self.ports["vb-strip"], good.fullchain, good.key, vb, NO_UPGRADE),

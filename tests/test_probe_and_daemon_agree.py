@@ -14,7 +14,7 @@ from twisted.internet import defer
 from tests.conftest import TOKEN
 from tests.daemon import Daemon
 from tests.http import call_form, post_form
-from tests.nginx import Nginx, free_port, nginx_binary
+from tests.nginx import Nginx, free_ports, nginx_binary
 from tests.pki import PKI
 from tests.test_probe import HOST, NO_UPGRADE, UPGRADE, WEBHOOK, run_probe
 from voicebridge.tools.probe import ConnectTo, ProbeOptions
@@ -68,7 +68,7 @@ class Scenarios:
             for daemon in self.daemons.values():
                 daemon.start()
             nginx_binary()
-            self.ports = {name: free_port() for name in self.daemons}
+            self.ports = free_ports(list(self.daemons))
             vb = {name: d.port for name, d in self.daemons.items()}
             blocks = [
                 # An edge that routes the webhook only: /twilio-media never reaches the daemon.

@@ -12,7 +12,7 @@ import pytest_twisted
 from tests.conftest import TOKEN
 from tests.daemon import Daemon
 from tests.fakeapps import FakeApp
-from tests.nginx import Nginx, free_port, nginx_binary
+from tests.nginx import Nginx, free_port, free_ports, nginx_binary
 from tests.pki import PKI
 from tests.test_probe import HOST, WEBHOOK, assert_diagnosis, run_probe, server
 from voicebridge.tools.diagnosis.texts import signature_cause
@@ -40,7 +40,7 @@ class Site:
             for daemon in self.daemons.values():
                 daemon.start()
             nginx_binary()
-            self.ports = {name: free_port() for name in NAMES}
+            self.ports = free_ports(list(NAMES))
             upstreams = {
                 "wrong-public-url": self.daemons["wrong-public-url"].port,
                 "no-public-url": self.daemons["no-public-url"].port,
